@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="paper", choices=["paper", "released"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps")
-    p.add_argument("--image-size", type=int, default=None, help="override the model's input size")
+    p.add_argument("--image-size", type=int, default=None, help="size of the optimized canvas (resized to the model input); default: the input size")
     p.add_argument("--batch-features", type=int, default=None, help="features per optimizer batch")
     p.add_argument("--out", default="grid.png", help="output PNG path")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
