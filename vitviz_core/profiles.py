@@ -41,7 +41,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # Executed by CI and the default book build on a 2-core CPU: minutes per chapter.
-    "cpu": Profile(name="cpu", device="cpu", steps=50, n_augment=4, n_features=2,
+    "cpu": Profile(name="cpu", device="cpu", steps=40, n_augment=2, n_features=2,
                    image_size=None, eval_images=1300, pool_images=200, batch_size=50,
                    bootstrap=1000),
     # The paper's settings (Appendix B) and whole samples; meant for a GPU.
