@@ -1,0 +1,148 @@
+"""Shared plumbing of the evaluation experiments: model unwrapping, data loading and a
+batched "evaluate several image variants" loop that keeps per-image correctness.
+
+Images flow in pixel space ``[0, 1]`` (``LoadedModel.pixel_transform``); every variant
+(masked, filtered...) is made there and then normalised with the model's own
+``normalize`` right before the forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from vitviz_core.errors import VitvizError
+
+__all__ = [
+    "as_module", "normalizer", "model_device", "pixel_dataset", "model_dataset", "make_loader",
+    "unpack_batch", "Correctness", "evaluate_variants",
+]
+
+
+def as_module(model: Any) -> nn.Module:
+    """The ``nn.Module`` of a LoadedModel, or the module itself."""
+    module = getattr(model, "model", model)
+    if not isinstance(module, nn.Module):
+        raise VitvizError(f"expected a LoadedModel or torch nn.Module, got {type(model).__name__}")
+    return module
+
+
+def normalizer(model: Any) -> Callable[[Tensor], Tensor]:
+    """The model's pixel -> input normalisation (identity for a bare module)."""
+    norm = getattr(model, "normalize", None)
+    return norm if callable(norm) and not isinstance(model, nn.Module) else (lambda x: x)
+
+
+def model_device(model: Any) -> torch.device:
+    try:
+        return next(as_module(model).parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _dataset_from_name(name: str, root: str | Path | None, transform: Callable,
+                       max_images: int | None) -> Dataset:
+    from vitviz_core import data as vdata
+
+    folder = vdata.find_dataset(name, root)
+    return vdata.ImageFolderDataset(folder, transform=transform, max_images=max_images)
+
+
+def pixel_dataset(model: Any, name: str = "imagenet-val-1300", root: str | Path | None = None,
+                  max_images: int | None = None) -> Dataset:
+    """ImageFolder dataset in the model's *pixel* view (resize + crop, values in [0, 1])."""
+    return _dataset_from_name(name, root, model.pixel_transform(), max_images)
+
+
+def model_dataset(model: Any, name: str = "imagenet-sample-1000", root: str | Path | None = None,
+                  max_images: int | None = None) -> Dataset:
+    """ImageFolder dataset in the model's input view (resize + crop + normalise)."""
+    return _dataset_from_name(name, root, model.eval_transform(), max_images)
+
+
+def make_loader(dataset: Dataset, batch_size: int = 32, num_workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def unpack_batch(batch: Any, offset: int) -> tuple[Tensor, Tensor, Tensor, tuple]:
+    """``(images, labels, indices, rest)`` from a batch of ``(x, y, idx, *rest)``,
+    ``(x, y)`` or ``x`` (missing labels are -1, missing indices count from ``offset``)."""
+    if isinstance(batch, Tensor):
+        x = batch
+        return (x, torch.full((x.shape[0],), -1, dtype=torch.long),
+                torch.arange(offset, offset + x.shape[0]), ())
+    items = list(batch)
+    x = items[0]
+    y = items[1] if len(items) > 1 else torch.full((x.shape[0],), -1, dtype=torch.long)
+    idx = items[2] if len(items) > 2 else torch.arange(offset, offset + x.shape[0])
+    return x, torch.as_tensor(y).long(), torch.as_tensor(idx).long(), tuple(items[3:])
+
+
+@dataclass
+class Correctness:
+    """Per-image top-k correctness of several variants of the same images."""
+
+    labels: np.ndarray                                   # (N,) int
+    indices: np.ndarray                                  # (N,) dataset indices
+    correct: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # variant -> k -> (N,) bool
+
+    def accuracy(self, variant: str, k: int = 1) -> float:
+        return float(self.correct[variant][k].mean())
+
+
+def evaluate_variants(
+    model: Any,
+    loader: Iterable,
+    variants: Callable[..., Mapping[str, Tensor]],
+    ks: Sequence[int] = (1, 5),
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    desc: str = "evaluate",
+    classify: Callable[[Tensor], Tensor] | None = None,
+) -> Correctness:
+    """Run every image variant of every batch through the model and keep correctness.
+
+    Args:
+        model: LoadedModel (its ``normalize`` is applied to each variant) or nn.Module
+            (variants are fed as they are).
+        loader: yields ``(x01, labels, indices, *rest)`` with ``x01`` ``(B, 3, H, W)`` in [0, 1].
+        variants: ``f(x01, labels, indices, *rest) -> {name: (B, 3, H, W)}`` in pixel space.
+        classify: optional replacement for the forward pass (input -> logits).
+    """
+    from tqdm.auto import tqdm
+
+    from vitviz_core.evaluate.stats import topk_correct
+
+    module = as_module(model)
+    dev = torch.device(device) if device is not None else model_device(model)
+    norm = normalizer(model)
+    forward = classify or module
+    labels: list[Tensor] = []
+    indices: list[Tensor] = []
+    hits: dict[str, dict[int, list[Tensor]]] = {}
+    offset = 0
+    total = len(loader) if hasattr(loader, "__len__") else None
+    with torch.inference_mode():
+        for batch in tqdm(loader, total=total, desc=desc, disable=not progress, leave=False):
+            x, y, idx, rest = unpack_batch(batch, offset)
+            offset += x.shape[0]
+            x = x.to(dev)  # (B, 3, H, W)
+            for name, xv in variants(x, y, idx, *rest).items():
+                logits = forward(norm(xv))  # (B, K)
+                for k, c in topk_correct(logits.float(), y, ks).items():
+                    hits.setdefault(name, {}).setdefault(k, []).append(c.cpu())
+            labels.append(y)
+            indices.append(idx)
+    if not labels:
+        raise VitvizError("the dataset is empty: nothing to evaluate")
+    return Correctness(
+        labels=torch.cat(labels).numpy(),
+        indices=torch.cat(indices).numpy(),
+        correct={n: {k: torch.cat(v).numpy() for k, v in d.items()} for n, d in hits.items()},
+    )

@@ -1,0 +1,416 @@
+"""Most-activating dataset images (exemplars) and patch activation maps.
+
+:func:`find_exemplars` scores every channel of several hook points in **one streaming pass**
+over a dataset. Per feature and per statistic (``"mean"`` or ``"max"`` over patch
+positions) it keeps the top-k images, their scores and their patch activation maps. Memory
+is bounded by ``k x channels x grid`` per hook and statistic whatever the dataset size: each
+batch is merged into the running top-k with :func:`torch.topk`, and only the entries that
+enter the top-k are copied. The forward pass stops after the deepest requested hook.
+
+Results are cached in ``config.cache_dir()/exemplars/<key>.pt``, keyed by the model (name,
+architecture, weights source and a hash of every parameter), the data (file list with sizes
+and mtimes, or tensor bytes, plus the transform), the hook names, ``k`` and the statistics,
+so a second call with the same inputs returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vitviz_core.errors import DataError, HookError, VitvizError
+from vitviz_core.evaluate.records import (ResultRecord, data_info, dataset_fingerprint,
+                                          model_info, weights_fingerprint)
+
+__all__ = ["FeatureTopK", "ExemplarResult", "TopKState", "update_states", "score_maps", "find_exemplars",
+           "exemplar_cache_key", "activation_maps", "STATISTICS"]
+
+STATISTICS = ("mean", "max")
+_CACHE_VERSION = 1
+
+
+def score_maps(maps: Tensor, stat: str) -> Tensor:
+    """Per-image, per-channel score of patch maps ``(B, C, H, W)`` -> ``(B, C)``."""
+    if stat == "mean":
+        return maps.float().mean(dim=(2, 3))
+    if stat == "max":
+        return maps.float().amax(dim=(2, 3))
+    raise VitvizError(f"unknown statistic {stat!r}: use one of {STATISTICS}")
+
+
+@dataclass
+class FeatureTopK:
+    """Top-k images of every channel of one hook under one statistic."""
+
+    values: Tensor          # (k, C) float32, descending per channel
+    indices: Tensor         # (k, C) int64 dataset indices
+    maps: Tensor | None     # (k, C, H, W) patch maps of those images (float16), or None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": self.values, "indices": self.indices, "maps": self.maps}
+
+
+class TopKState:
+    """Running top-k of per-channel scores (and maps) merged batch by batch.
+
+    ``update(scores (B, C), ids (B,), maps)`` with ``maps`` a ``(B, C, H, W)`` tensor, a function
+    ``(rows (M,), channels (M,)) -> (M, H, W)``, or None. Only entries that enter the top-k are
+    written, so late batches (few new entries) cost almost nothing. Maps are held in float32
+    while streaming (no conversion per batch) and returned as ``map_dtype``.
+    """
+
+    def __init__(self, k: int, channels: int, grid: tuple[int, int] | None,
+                 device: torch.device | str = "cpu", map_dtype: torch.dtype = torch.float16):
+        if k < 1:
+            raise VitvizError(f"k must be >= 1, got {k}")
+        self.k = k
+        self.channels = channels
+        self.values = torch.full((k, channels), float("-inf"), device=device)  # (k, C)
+        self.indices = torch.full((k, channels), -1, dtype=torch.long, device=device)  # (k, C)
+        self.grid = grid
+        self.map_dtype = map_dtype
+        # (k * C, H * W): row slot * C + channel, written with index_copy_, never read unwritten
+        self.maps = (torch.empty((k * channels, grid[0] * grid[1]), dtype=torch.float32, device=device)
+                     if grid is not None else None)
+        self.seen = 0
+
+    def select(self, scores: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Merge a batch's scores; returns ``(slot, row, channel)`` of the new entries (each
+        ``(M,)``) whose maps must be written, or None when nothing entered the top-k."""
+        scores = scores.float().nan_to_num(nan=float("-inf"))  # (B, C)
+        b, c = scores.shape
+        k = self.k
+        ids = ids.to(self.indices.device)
+        first = self.seen == 0
+        self.seen += b
+        if first and b >= k:  # empty state: the batch's own top-k fills every slot
+            vals, row = scores.topk(k, dim=0)  # (k, C)
+            self.values.copy_(vals)
+            self.indices.copy_(ids[row])
+            slot = torch.arange(k, device=row.device)[:, None].expand(k, c).reshape(-1)
+            ch = torch.arange(c, device=row.device)[None, :].expand(k, c).reshape(-1)
+            return slot, row.reshape(-1), ch
+        # Only channels where some image beats the current k-th best can change.
+        active = (scores > self.values.amin(dim=0)[None, :]).any(dim=0)  # (C,)
+        cols = active.nonzero().squeeze(1)  # (A,)
+        if cols.numel() == 0:
+            return None
+        sub_vals = self.values[:, cols]                              # (k, A)
+        sub_scores = scores[:, cols]                                 # (B, A)
+        cat = torch.cat([sub_vals, sub_scores], dim=0)               # (k + B, A)
+        top = cat.topk(k, dim=0).indices                             # (k, A)
+        sel = torch.zeros(cat.shape, dtype=torch.bool, device=cat.device)
+        sel.scatter_(0, top, True)
+        evicted, chosen = ~sel[:k], sel[k:]                          # (k, A), (B, A)
+        # Pair the j-th evicted slot with the j-th chosen row of each channel (no sorting):
+        # table[rank, channel] = slot.
+        ev_slot, ev_col = evicted.nonzero(as_tuple=True)
+        ev_rank = (evicted.cumsum(0) - 1)[ev_slot, ev_col]
+        table = torch.empty((k, cols.numel()), dtype=torch.long, device=cat.device)
+        table[ev_rank, ev_col] = ev_slot
+        row, col = chosen.nonzero(as_tuple=True)                     # (M,), (M,)
+        rank = (chosen.cumsum(0) - 1)[row, col]
+        slot = table[rank, col]
+        ch = cols[col]
+        self.values[slot, ch] = scores[row, ch]
+        self.indices[slot, ch] = ids[row]
+        return slot, row, ch
+
+    def write_maps(self, slot: Tensor, ch: Tensor, picked: Tensor) -> None:
+        """Store maps ``(M, H, W)`` or ``(M, H*W)`` at ``(slot, ch)``."""
+        if self.maps is not None:
+            self.maps.index_copy_(0, slot * self.channels + ch,
+                                  picked.reshape(picked.shape[0], -1).to(self.maps.dtype))
+
+    def update(self, scores: Tensor, ids: Tensor,
+               maps: Tensor | Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+        sel = self.select(scores, ids)
+        if sel is None or self.maps is None or maps is None:
+            return
+        slot, row, ch = sel
+        self.write_maps(slot, ch, maps(row, ch) if callable(maps) else maps[row, ch])
+
+    def result(self) -> FeatureTopK:
+        order = self.values.argsort(dim=0, descending=True, stable=True)  # (k, C)
+        n = min(self.k, self.seen)
+        order = order[:n]
+        values = self.values.gather(0, order)
+        indices = self.indices.gather(0, order)
+        maps = None
+        if self.maps is not None:
+            c = order.shape[1]
+            ch = torch.arange(c, device=order.device)[None, :]  # (1, C)
+            rows = (order * c + ch).reshape(-1)  # (n * C,)
+            maps = self.maps.index_select(0, rows).reshape(n, c, *self.grid).to(self.map_dtype)
+        return FeatureTopK(values=values.cpu(), indices=indices.cpu(),
+                           maps=maps.cpu() if maps is not None else None)
+
+
+def update_states(states: dict[str, TopKState], scores: dict[str, Tensor], ids: Tensor,
+                  pick: Callable[[Tensor, Tensor], Tensor] | None) -> None:
+    """Merge one batch into several statistics of one hook, picking each needed map once
+    (patch-mean and patch-max often select the same image for a channel)."""
+    sels = {s: st.select(scores[s], ids) for s, st in states.items()}
+    need = [(s, v) for s, v in sels.items() if v is not None and states[s].maps is not None]
+    if not need or pick is None:
+        return
+    c = states[need[0][0]].channels
+    keys = torch.cat([row * c + ch for _, (_, row, ch) in need])  # (sum M,)
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    picked = pick(uniq // c, uniq % c)
+    picked = picked.reshape(picked.shape[0], -1)  # (U, H*W)
+    offset = 0
+    for s, (slot, _, ch) in need:
+        m = slot.numel()
+        states[s].write_maps(slot, ch, picked.index_select(0, inverse[offset : offset + m]))
+        offset += m
+
+
+@dataclass
+class ExemplarResult:
+    """Top-k images per feature for several hooks and statistics."""
+
+    hooks: list[str]
+    stats: list[str]
+    k: int
+    topk: dict[str, dict[str, FeatureTopK]]        # hook -> stat -> FeatureTopK
+    grids: dict[str, tuple[int, int] | None]
+    files: list[str] = field(default_factory=list)  # dataset index -> file path ("" if unknown)
+    labels: list[int] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    cache_path: str | None = None
+    from_cache: bool = False
+
+    def top(self, hook: str, feature: int, stat: str = "mean") -> list[tuple[int, float]]:
+        """``[(dataset index, score), ...]`` best first for one feature."""
+        t = self._get(hook, stat)
+        if not 0 <= feature < t.values.shape[1]:
+            raise HookError(f"feature {feature} out of range: {hook} has {t.values.shape[1]} channels")
+        return [(int(i), float(v)) for i, v in zip(t.indices[:, feature], t.values[:, feature])]
+
+    def maps(self, hook: str, feature: int, stat: str = "mean") -> Tensor:
+        """Patch activation maps ``(k, H, W)`` of the top-k images of one feature."""
+        t = self._get(hook, stat)
+        if t.maps is None:
+            raise VitvizError("maps were not kept: call find_exemplars(..., keep_maps=True)")
+        if not 0 <= feature < t.values.shape[1]:
+            raise HookError(f"feature {feature} out of range: {hook} has {t.values.shape[1]} channels")
+        return t.maps[:, feature].float()
+
+    def images(self, hook: str, feature: int, stat: str = "mean") -> list:
+        """The top-k images of one feature as PIL images (needs a file-backed dataset)."""
+        from vitviz_core.data import load_image
+
+        out = []
+        for i, _ in self.top(hook, feature, stat):
+            if not self.files or not self.files[i]:
+                raise DataError("this result has no file list (dataset without `samples`)")
+            out.append(load_image(self.files[i]))
+        return out
+
+    def _get(self, hook: str, stat: str) -> FeatureTopK:
+        if hook not in self.topk:
+            raise HookError(f"hook {hook!r} not in this result (has {', '.join(self.hooks)})")
+        if stat not in self.topk[hook]:
+            raise VitvizError(f"statistic {stat!r} not in this result (has {', '.join(self.stats)})")
+        return self.topk[hook][stat]
+
+    def _payload(self) -> dict[str, Any]:
+        return {"version": _CACHE_VERSION, "hooks": self.hooks, "stats": self.stats, "k": self.k,
+                "topk": {h: {s: t.to_dict() for s, t in d.items()} for h, d in self.topk.items()},
+                "grids": {h: list(g) if g else None for h, g in self.grids.items()},
+                "files": self.files, "labels": self.labels, "record": json.dumps(self.record)}
+
+    @classmethod
+    def _from_payload(cls, p: dict[str, Any], path: str) -> "ExemplarResult":
+        return cls(hooks=list(p["hooks"]), stats=list(p["stats"]), k=int(p["k"]),
+                   topk={h: {s: FeatureTopK(**t) for s, t in d.items()} for h, d in p["topk"].items()},
+                   grids={h: tuple(g) if g else None for h, g in p["grids"].items()},
+                   files=list(p["files"]), labels=list(p["labels"]), record=json.loads(p["record"]),
+                   cache_path=path, from_cache=True)
+
+
+def exemplar_cache_key(model: Any, dataset: Any, hooks: Sequence[str], k: int,
+                       stats: Sequence[str], keep_maps: bool) -> str:
+    """Hex key of a search: model + weights hash + data fingerprint + hooks + k + stats.
+
+    Raises ValueError when the dataset cannot be fingerprinted."""
+    from vitviz_core.evaluate.common import as_module
+
+    spec = {"v": _CACHE_VERSION, "model": model_info(model),
+            "weights": weights_fingerprint(as_module(model)),
+            "data": dataset_fingerprint(dataset), "hooks": list(hooks), "k": int(k),
+            "stats": list(stats), "maps": bool(keep_maps)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _files_and_labels(dataset: Any) -> tuple[list[str], list[int]]:
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return [], []
+    files = [str(s[0]) if isinstance(s, (tuple, list)) else str(s) for s in samples]
+    labels = [int(s[1]) if isinstance(s, (tuple, list)) and len(s) > 1 else -1 for s in samples]
+    return files, labels
+
+
+def _scores_and_maps(act: Tensor, spec: Any, stats: Sequence[str]
+                     ) -> tuple[dict[str, Tensor], Callable[[Tensor, Tensor], Tensor], int, tuple[int, int]]:
+    """Scores ``{stat: (B, C)}``, a map picker ``(rows, channels) -> (M, H, W)``, C and grid.
+
+    Token layouts (NLC) are reduced along the token axis without building ``(B, C, H, W)``
+    maps; only the picked maps are gathered."""
+    from vitviz_core.hooks import to_patch_maps
+
+    g = spec.grid
+    if spec.layout == "NLC" and act.dim() == 3 and g is not None and \
+            act.shape[1] - spec.num_prefix_tokens == g[0] * g[1]:
+        tok = act[:, spec.num_prefix_tokens:].float()  # (B, N, C)
+        scores = {}
+        for s in stats:
+            if s == "mean":  # a batched GEMV with 1/N weights is faster than mean over axis 1
+                w = tok.new_full((tok.shape[0], 1, tok.shape[1]), 1.0 / tok.shape[1])  # (B, 1, N)
+                scores[s] = torch.bmm(w, tok)[:, 0]  # (B, C)
+            else:
+                scores[s] = tok.amax(dim=1)  # (B, C)
+
+        def pick(rows: Tensor, ch: Tensor) -> Tensor:
+            return tok[rows, :, ch].reshape(-1, g[0], g[1])  # (M, H, W)
+        return scores, pick, tok.shape[2], (int(g[0]), int(g[1]))
+    maps = to_patch_maps(act, spec)  # (B, C, H, W)
+    return ({s: score_maps(maps, s) for s in stats}, lambda rows, ch: maps[rows, ch],
+            maps.shape[1], (int(maps.shape[2]), int(maps.shape[3])))
+
+
+def find_exemplars(
+    model: Any,
+    dataset: Any = None,
+    hooks: Sequence[str] = ("blocks.11.mlp.hook_post",),
+    k: int = 9,
+    stats: Sequence[str] = STATISTICS,
+    batch_size: int = 32,
+    keep_maps: bool = True,
+    cache: bool = True,
+    device: str | torch.device | None = None,
+    data_name: str = "imagenet-sample-1000",
+    data_root: str | Path | None = None,
+    max_images: int | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> ExemplarResult:
+    """Top-k most-activating images of every channel of ``hooks``, in one pass.
+
+    Args:
+        model: LoadedModel or nn.Module.
+        dataset: items ``(x, label, index)`` with ``x`` the normalised model input; default
+            ``data_name`` (the diverse pool ``imagenet-sample-1000``) through the model's
+            ``eval_transform``.
+        hooks: hook names (canonical or raw module paths) resolved by ``vitviz_core.hooks``.
+        k: images kept per feature; ``stats``: ``"mean"`` and/or ``"max"`` over patches.
+        keep_maps: also keep the ``(H, W)`` patch activation map of every kept image.
+        cache: read/write ``cache_dir()/exemplars/<key>.pt``.
+    """
+    from tqdm.auto import tqdm
+
+    from vitviz_core import config
+    from vitviz_core.evaluate.common import (as_module, make_loader, model_dataset, model_device,
+                                             unpack_batch)
+    from vitviz_core.hooks import capture, resolve_hook
+
+    hooks = list(dict.fromkeys(hooks))
+    stats = list(dict.fromkeys(stats))
+    if not hooks:
+        raise HookError("find_exemplars needs at least one hook name")
+    for s in stats:
+        if s not in STATISTICS:
+            raise VitvizError(f"unknown statistic {s!r}: use one of {STATISTICS}")
+    module = as_module(model)
+    specs = {h: resolve_hook(module, h) for h in hooks}
+    if dataset is None:
+        dataset = model_dataset(model, data_name, data_root, max_images)
+    if len(dataset) == 0:
+        raise DataError("the dataset is empty: nothing to search")
+
+    path: Path | None = None
+    if cache:
+        try:
+            key = exemplar_cache_key(model, dataset, hooks, k, stats, keep_maps)
+            path = config.cache_dir() / "exemplars" / f"{key}.pt"
+        except ValueError:
+            path = None  # dataset cannot be fingerprinted: no caching
+        if path is not None and path.is_file():
+            try:
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+                return ExemplarResult._from_payload(payload, str(path))
+            except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed
+                pass
+
+    dev = torch.device(device) if device is not None else model_device(model)
+    record = ResultRecord.start("find_exemplars", model, dataset, {
+        "hooks": hooks, "k": k, "stats": stats, "keep_maps": keep_maps, "batch_size": batch_size})
+    states: dict[str, dict[str, TopKState]] = {}
+    grids: dict[str, tuple[int, int] | None] = {}
+    offset = 0
+    loader = make_loader(dataset, batch_size, num_workers)
+    unfused = any(h.endswith("hook_pattern") for h in hooks)
+    with torch.inference_mode(), capture(module, hooks, stop_early=True,
+                                         unfused_attention=unfused) as cap:
+        for batch in tqdm(loader, desc="exemplars", disable=not progress, leave=False):
+            x, _, ids, _ = unpack_batch(batch, offset)
+            offset += x.shape[0]
+            cap.forward(x.to(dev))
+            for h in hooks:
+                scores, get_maps, channels, grid = _scores_and_maps(
+                    cap.activations[h], cap.specs.get(h, specs[h]), stats)
+                if h not in states:
+                    grids[h] = grid
+                    states[h] = {s: TopKState(k, channels, grid if keep_maps else None,
+                                              device=x.device) for s in stats}
+                update_states(states[h], scores, ids, get_maps if keep_maps else None)
+    files, labels = _files_and_labels(dataset)
+    record.finish()
+    res = ExemplarResult(hooks=hooks, stats=stats, k=k,
+                         topk={h: {s: st.result() for s, st in d.items()} for h, d in states.items()},
+                         grids=grids, files=files, labels=labels, record=record.to_dict(),
+                         cache_path=str(path) if path is not None else None)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(res._payload(), tmp)
+        os.replace(tmp, path)
+    return res
+
+
+def activation_maps(model: Any, x: Tensor, hook: str, feature: int,
+                    size: tuple[int, int] | None | str = "input", mode: str = "bilinear") -> Tensor:
+    """Patch activation map of one feature: ``x (B, 3, H, W)`` -> ``(B, h, w)``.
+
+    Args:
+        x: normalised model input.
+        size: ``"input"`` upsamples to the input's ``(H, W)``; a tuple to that size; ``None``
+            keeps the patch grid.
+    """
+    from vitviz_core.evaluate.common import as_module
+    from vitviz_core.hooks import capture, to_patch_maps
+
+    module = as_module(model)
+    with torch.inference_mode(), capture(module, [hook], stop_early=True) as cap:
+        cap.forward(x)
+        spec = cap.specs[hook]
+        maps = to_patch_maps(cap.activations[hook], spec)  # (B, C, h, w)
+    if not 0 <= feature < maps.shape[1]:
+        raise HookError(f"feature {feature} out of range: {hook} has {maps.shape[1]} channels (0..{maps.shape[1] - 1})")
+    m = maps[:, feature : feature + 1].float()  # (B, 1, h, w)
+    if size == "input":
+        size = tuple(x.shape[-2:])
+    if size is not None:
+        m = F.interpolate(m, size=size, mode=mode, align_corners=False) if mode != "nearest" \
+            else F.interpolate(m, size=size, mode="nearest")
+    return m[:, 0]
