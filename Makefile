@@ -51,7 +51,7 @@ test-fast: setup
 test-notebooks: setup
 	rm -rf $(NBTEST) && mkdir -p $(NBTEST)
 	for c in $(CHAPTERS); do $(BIN)/jupytext --quiet --to ipynb --output $(NBTEST)/$$(basename $$c).ipynb $$c.md; done
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=1800 --overwrite -p no:cacheprovider \
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=1800 --overwrite \
 	  --junitxml=$(NBTEST)/junit.xml $(NBTEST)/*.ipynb
 	$(BIN)/python scripts/seed_book_cache.py _build/.jupyter_cache $(NBTEST)/junit.xml $(NBTEST) $(addsuffix .md,$(CHAPTERS))
 
