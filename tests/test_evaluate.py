@@ -475,11 +475,11 @@ def test_linear_probe_fits_separable_features_and_heads_tokens():
     centres = torch.randn(5, 16) * 3
     labels = torch.arange(5).repeat(8)
     feats = centres[labels] + 0.1 * torch.randn(40, 16)
-    probe = pr.fit_linear_probe(feats, labels, num_classes=5, epochs=100)
+    probe = pr.fit_linear_probe(feats, labels, num_classes=5, epochs=30, lr=0.1)
     assert (probe(feats).argmax(-1) == labels).all()
     assert probe.token_head(feats.view(8, 5, 16)).shape == (8, 5, 5)
     soft = pr.fit_linear_probe(feats, torch.nn.functional.one_hot(labels, 5).float() * 10,
-                               num_classes=5, epochs=100)
+                               num_classes=5, epochs=30, lr=0.1)
     assert (soft(feats).argmax(-1) == labels).mean(dtype=torch.float) > 0.95
 
 

@@ -1,0 +1,387 @@
+"""Tests of vitviz_core.studies_eval on tiny random timm models and synthetic data with
+known answers (no real weights or data)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import timm
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+from torchvision import transforms as T
+
+from vitviz_core import studies_eval as se
+from vitviz_core.errors import VitvizError
+from vitviz_core.evaluate.stats import Estimate
+from vitviz_core.evaluate.token_mixing import token_mixing_batch
+from vitviz_core.profiles import get_profile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_vit(depth: int = 3, seed: int = 0, num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(seed)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                          depth=depth, embed_dim=32, num_heads=2, num_classes=num_classes)
+    return m.eval().requires_grad_(False)
+
+
+class FakeLoaded:
+    """Just enough of models.LoadedModel for the studies."""
+
+    def __init__(self, model: nn.Module, size: int = 32, name: str = "toy"):
+        self.model, self.name, self.size = model, name, size
+        self.arch, self.weights_source, self.pretrained = "toy", "random init (test)", False
+        self.data_config = {"input_size": (3, size, size)}
+        self.num_classes = 10
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    def pixel_transform(self):
+        return T.Compose([T.Resize(self.size), T.CenterCrop(self.size), T.ToTensor()])
+
+    def eval_transform(self):
+        return T.Compose([self.pixel_transform(), T.Normalize([0.5] * 3, [0.5] * 3)])
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) / 0.5
+
+
+class Indexed(Dataset):
+    """``(x, label, index)`` items from tensors (``tensors`` makes it fingerprintable)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.tensors = (x, y)
+
+    def __len__(self) -> int:
+        return self.tensors[0].shape[0]
+
+    def __getitem__(self, i: int):
+        return self.tensors[0][i], int(self.tensors[1][i]), i
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def images(n: int = 6, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_cached_computes_once_and_keys_on_settings_and_weights(cache):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    model = tiny_vit(depth=1)
+    data = TensorDataset(torch.zeros(2, 3), torch.zeros(2))
+    a = se.cached("t", compute, models=[model], data=data, settings={"k": 1})
+    b = se.cached("t", compute, models=[model], data=data, settings={"k": 1})
+    assert a == b == {"value": 1} and len(calls) == 1
+    se.cached("t", compute, models=[model], data=data, settings={"k": 2})
+    assert len(calls) == 2
+    other = tiny_vit(depth=1, seed=1)  # same architecture, other weights
+    se.cached("t", compute, models=[other], data=data, settings={"k": 1})
+    assert len(calls) == 3
+    se.cached("t", compute, models=[model], data=data, settings={"k": 1}, enabled=False)
+    assert len(calls) == 4
+
+
+def test_cached_recomputes_a_corrupt_file(cache):
+    se.cached("c", lambda: 1, settings={"a": 1})
+    (f,) = list((cache / "studies").glob("c-*.pkl"))
+    f.write_bytes(b"not a pickle")
+    assert se.cached("c", lambda: 2, settings={"a": 1}) == 2
+
+
+def test_cached_refuses_unfingerprintable_data(cache):
+    class Opaque(Dataset):
+        def __len__(self):
+            return 1
+
+    with pytest.raises(VitvizError, match="fingerprint"):
+        se.cached("x", lambda: 1, data=Opaque())
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+def test_images_and_cutoffs_follow_the_profile():
+    cpu, full = get_profile("cpu"), get_profile("full")
+    assert se.images_for(None, cpu, "masking") == se.CPU_IMAGES["masking"]
+    assert se.images_for(None, full, "masking") is None
+    assert se.images_for(17, full, "masking") == 17
+    with pytest.raises(VitvizError):
+        se.images_for(None, cpu, "nonsense")
+    assert se.cutoffs_for(None, cpu, "low") == [float(c) for c in se.CUTOFFS["cpu"]["low"]]
+    assert len(se.cutoffs_for(None, full, "low")) > len(se.cutoffs_for(None, cpu, "low"))
+    assert se.cutoffs_for([3, 5], cpu, "high") == [3.0, 5.0]
+
+
+# ----------------------------------------------------------------------------- token mixing
+
+
+def test_one_way_cuts_match_known_cases():
+    m = tiny_vit(depth=3)
+    x = torch.randn(4, 3, 32, 32)
+    out = se.one_way_logits(m, x, {"cls_blind": [0, 2, 3], "patches_blind": [0, 3]})
+    natural = m(x)
+    torch.testing.assert_close(out["cls_blind"][0], natural)
+    torch.testing.assert_close(out["patches_blind"][0], natural)
+    # CLS blind in every block = CLS processed alone = the paper's isolation at L = depth
+    iso = token_mixing_batch(m, x, [3], [])["isolate"][3]
+    torch.testing.assert_close(out["cls_blind"][3], iso, atol=1e-5, rtol=1e-5)
+    # ... so its logits are the same for every image; the patches-blind CLS still reads the image
+    assert torch.allclose(out["cls_blind"][3][0], out["cls_blind"][3][1], atol=1e-5)
+    assert not torch.allclose(out["patches_blind"][3][0], out["patches_blind"][3][1], atol=1e-3)
+    assert not torch.allclose(out["cls_blind"][2], natural, atol=1e-4)
+    with pytest.raises(VitvizError, match="out of range"):
+        se.one_way_logits(m, x, {"cls_blind": [4]})
+    with pytest.raises(VitvizError, match="one-way"):
+        se.one_way_logits(m, x, {"sideways": [1]})
+
+
+def test_token_mixing_runs_share_one_pass_for_equal_data(cache):
+    lm = FakeLoaded(tiny_vit(depth=2))
+    x, y = images(6), torch.randint(0, 10, (6,))
+    data = Indexed(lm.normalize(x), y)
+    t1, s1 = se.token_mixing_runs(lm, data, data, batch_size=4, n_boot=50)
+    assert t1 is s1 and sorted(t1.isolate) == [0, 1, 2] and t1.patch_map
+    other = Indexed(lm.normalize(images(4, seed=1)), y[:4])
+    t2, s2 = se.token_mixing_runs(lm, data, other, batch_size=4, n_boot=50)
+    assert sorted(t2.isolate) == [0, 1] and sorted(s2.isolate) == [0, 1, 2] and not s2.patch_map
+    frame = se.table1_frame(t2, label="toy")
+    assert list(frame["paper ViT-B/16 top-1 %"]) == ["84.20", "78.61", "75.75", "80.16"]
+    sweep = se.sweep_frame(s2)
+    assert list(sweep["L"]) == [0, 1, 2]
+    assert sweep.iloc[2, -1] == "82.98"  # the paper's value at L = 2
+    ow = se.one_way_run(lm, other, {"cls_blind": [1], "patches_blind": [1]}, batch_size=4, n_boot=50)
+    assert set(ow) == {"cls_blind", "patches_blind"} and isinstance(ow["cls_blind"][1][1], Estimate)
+    assert "both directions cut (paper)" in se.one_way_frame(s2, ow).columns
+    assert isinstance(se.sweep_figure(s2, one_way=ow), Figure)
+
+
+# ----------------------------------------------------------------------------- activation maps
+
+
+def test_spatial_spread_extremes():
+    uniform = torch.ones(2, 3, 4, 4)
+    spike = torch.zeros(2, 3, 4, 4)
+    spike[:, :, 1, 2] = 5.0
+    torch.testing.assert_close(se.spatial_spread(uniform), torch.ones(2))
+    torch.testing.assert_close(se.spatial_spread(spike), torch.zeros(2), atol=1e-6, rtol=0)
+
+
+def test_top_feature_maps_selective_picks_the_image_specific_channel():
+    m = tiny_vit(depth=2)
+    x = torch.randn(5, 3, 32, 32)
+    feats, scores, maps = se.top_feature_maps(m, x, "blocks.1.mlp.hook_post", n=2)
+    assert feats.shape == scores.shape == (5, 2) and maps.shape == (5, 2, 4, 4)
+    raw, _, _ = se.top_feature_maps(m, x, "blocks.1.mlp.hook_post", n=1, selective=False)
+    with pytest.raises(VitvizError):
+        se.top_feature_maps(m, x[:1], "blocks.1.mlp.hook_post", n=1)
+    dm = se.depth_maps(m, x, [0, 1], n_boot=50)
+    assert set(dm.spread) == {0, 1} and dm.maps[1].shape == (5, 4, 4)
+    fig = se.saliency_figure(list(torch.rand(5, 3, 32, 32)), torch.stack([dm.maps[0], dm.maps[1]], 1),
+                             [["a", "b"]] * 5, row_labels=["block 0", "block 1"])
+    assert isinstance(fig, Figure) and isinstance(se.spread_figure(dm), Figure)
+
+
+# ----------------------------------------------------------------------------- foreground
+
+
+def test_saliency_boxes_and_fallback(tmp_path):
+    m = np.zeros((10, 12), np.uint8)
+    m[2:5, 3:9] = 255
+    faint = np.zeros((10, 12), np.uint8)
+    faint[7, 1] = 40  # nothing above 0.5: the fallback keeps pixels >= half the max
+    boxes, n_fb = se.saliency_boxes([m, faint], [(tmp_path / "a.JPEG", 0), (tmp_path / "b.JPEG", 1)])
+    (a,) = boxes["a"]
+    assert (a.xmin, a.ymin, a.xmax, a.ymax) == (3, 2, 8, 4) and a.wnid == "n01440764"
+    (b,) = boxes["b"]
+    assert (b.xmin, b.ymin, b.xmax, b.ymax) == (1, 7, 1, 7) and n_fb == 1
+
+
+def test_maps_in_view_follows_the_crop():
+    m = np.zeros((40, 40), np.uint8)
+    m[:, 20:] = 255  # right half is foreground
+    out = se.maps_in_view([m], T.Compose([T.Resize(20), T.CenterCrop(20), T.ToTensor()]))
+    assert out.shape == (1, 20, 20)
+    assert out[0, :, :9].max() < 0.05 and out[0, :, 11:].min() > 0.95
+
+
+def test_foreground_maps_batches_and_caches(cache):
+    calls = []
+
+    def fg(x):
+        calls.append(x.shape[0])
+        return x[:, :1].clone()  # "foreground" = red channel
+
+    x = images(5)
+    data = Indexed(x, torch.zeros(5, dtype=torch.long))
+    maps = se.foreground_maps(data, fg, batch_size=2)
+    assert calls == [2, 2, 1] and len(maps) == 5 and maps[0].dtype == np.uint8
+    np.testing.assert_allclose(maps[3] / 255.0, x[3, 0].numpy(), atol=1 / 255 + 1e-6)
+    se.foreground_maps(data, fg, batch_size=2)
+    assert calls == [2, 2, 1]  # from the cache
+
+
+def test_background_features_known_answers(cache):
+    lm = FakeLoaded(tiny_vit(depth=2))
+    x = lm.normalize(images(6))
+    data = Indexed(x, torch.zeros(6, dtype=torch.long))
+    hook = "blocks.1.mlp.hook_post"
+    all_fg = se.background_features(lm, data, torch.ones(6, 32, 32), hook, n_boot=50)
+    no_fg = se.background_features(lm, data, torch.zeros(6, 32, 32), hook, n_boot=50)
+    assert all_fg.bg_area == 0.0 and no_fg.bg_area == 1.0
+    ok = np.isfinite(all_fg.bg_fraction)
+    assert ok.any()
+    np.testing.assert_allclose(all_fg.bg_fraction[ok], 0.0, atol=1e-9)
+    np.testing.assert_allclose(no_fg.bg_fraction[ok], 1.0, atol=1e-9)
+    half = torch.zeros(6, 32, 32)
+    half[:, :, 16:] = 1
+    bf = se.background_features(lm, data, half, hook, n_boot=50, top=3)
+    assert bf.bg_area == pytest.approx(0.5)
+    shares = bf.bg_fraction[bf.ranked]
+    assert (np.diff(shares) <= 1e-12).all() and len(bf.top_ci) == 3
+    assert (bf.mass[bf.ranked] >= bf.min_mass).all()
+    assert len(bf.exemplars(bf.ranked[0], k=3)) == 3
+    pixels = Indexed(images(6), torch.zeros(6, dtype=torch.long))
+    fig = se.background_feature_figure(bf, lm, pixels, half, bf.ranked[:2], k=3)
+    assert isinstance(fig, Figure)
+    assert isinstance(se.background_histogram({"toy": bf}), Figure)
+
+
+# ----------------------------------------------------------------------------- masking, frequency
+
+
+class Brightness(nn.Module):
+    """Predicts class 1 when the mean pixel (in [0, 1]) exceeds 0.25, else class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = (x * 0.5 + 0.5).mean(dim=(1, 2, 3))
+        logits = torch.full((x.shape[0], 10), -10.0)
+        logits[:, 0] = 0.25 - m
+        logits[:, 1] = m - 0.25
+        return logits
+
+
+def test_frequency_run_appends_unfiltered_and_pairs(cache):
+    lm = FakeLoaded(Brightness())
+    x = images(8)
+    y = torch.ones(8, dtype=torch.long)  # bright images: class 1
+    data = Indexed(x, y)
+    st = se.frequency_run(lm, data, low=(1, 4), high=(2,), batch_size=4, n_boot=50)
+    low, high = st.results["low"], st.results["high"]
+    assert low.cutoffs[-1] == math.inf and len(low.top1["low"]) == 3
+    assert low.top1["low"][-1] == low.natural_top1
+    assert high.cutoffs == [2.0] and len(high.top1["high"]) == 1  # unfiltered = cut-off 0, not inf
+    # a low-pass keeps the mean colour, which is all this model looks at
+    assert [e.value for e in low.top1["low"]] == [1.0, 1.0, 1.0]
+    frame = se.frequency_frame(st, st, "low", n_boot=50)
+    assert list(frame["difference (points)"]) == ["+0.0 [+0.0, +0.0]"] * 3
+    assert list(se.frequency_frame(st, st, "high", n_boot=50).iloc[:, 0]) == ["2", "none (unfiltered)"]
+    assert isinstance(se.frequency_figure([st], "high"), Figure)
+    d = se.difference_ci(np.ones(10), np.zeros(10), n_boot=50)
+    assert d.value == d.low == d.high == 1.0
+
+
+def test_frames_put_the_paper_beside_ours():
+    from vitviz_core.evaluate.masking import MaskingResult
+
+    e = Estimate(0.5, 0.4, 0.6, 10, "bootstrap")
+    r = MaskingResult(model="toy", top1={c: e for c in ("full", "foreground", "background")},
+                      top5={c: e for c in ("full", "foreground", "background")},
+                      normalized_top5={"foreground": e, "background": e})
+    t2 = se.table2_frame({"toy": r})
+    assert list(t2.columns) == ["%", "toy (ours)", "ViT-B/32 (paper)", "ViT-B/16 (paper)", "ResNet-50 (paper)"]
+    assert list(t2["ViT-B/16 (paper)"])[-2:] == ["95.64", "31.59"]
+    assert t2["toy (ours)"].iloc[-1] == "50.0 [40.0, 60.0]"
+    fills = se.fills_frame({"black": {"toy": r}, "mean": {"toy": r}})
+    assert list(fills["fill"]) == ["black", "mean"]
+    html = se.styled(t2).to_html()
+    assert "padding" in html
+
+
+# ----------------------------------------------------------------------------- misc
+
+
+def test_prefer_channels_last_only_touches_cnns():
+    cnn = nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1) for _ in range(5)])
+    se.prefer_channels_last(cnn)
+    assert cnn[0].weight.is_contiguous(memory_format=torch.channels_last)
+    vit = tiny_vit(depth=1)
+    se.prefer_channels_last(vit)
+    assert vit.patch_embed.proj.weight.is_contiguous()
+
+
+def test_short_source():
+    lm = FakeLoaded(tiny_vit(depth=1))
+    lm.weights_source = "file: /some/where/vit.safetensors"
+    assert se.short_source(lm) == "file vit.safetensors"
+
+
+def test_explorers_render_default_figures():
+    lm = FakeLoaded(tiny_vit(depth=2))
+    pixels = Indexed(images(3), torch.tensor([1, 2, -1]))
+    tm = se.TokenMixingExplorer(lm, pixels, default=(0, 1))
+    assert isinstance(tm.default_figure(), Figure)
+    assert isinstance(tm.render(2, 2), Figure)  # unlabelled image
+    fg = torch.zeros(3, 32, 32)
+    fg[:, 8:24, 8:24] = 1
+    mx = se.MaskingExplorer({"a": lm, "b": FakeLoaded(Brightness())}, pixels, fg, default=(1, "mean", 4.0))
+    assert isinstance(mx.default_figure(), Figure)
+
+
+class Threshold(nn.Module):
+    """Class 1 when the mean pixel (in [0, 1]) exceeds ``t``, else class 0."""
+
+    def __init__(self, t: float):
+        super().__init__()
+        self.t = t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = (x * 0.5 + 0.5).mean(dim=(1, 2, 3))
+        logits = torch.full((x.shape[0], 10), -10.0)
+        logits[:, 0], logits[:, 1] = self.t - m, m - self.t
+        return logits
+
+
+def test_masking_run_known_answers_and_paired_difference(tmp_path, monkeypatch, cache):
+    from PIL import Image
+
+    from vitviz_core.data import Box
+
+    folder = tmp_path / "data" / "toyset" / "n01443537"  # ImageNet class 1
+    folder.mkdir(parents=True)
+    img = np.full((32, 32, 3), int(0.3 * 255), np.uint8)
+    img[6:26, 6:26] = 255  # a bright 20 x 20 object on a dim background
+    for i in range(4):
+        Image.fromarray(img).save(folder / f"im{i}.png")
+    monkeypatch.setenv("VITVIZ_DATA", str(tmp_path / "data"))
+    boxes = {f"im{i}": [Box("n01443537", 6, 6, 25, 25)] for i in range(4)}
+    strict, lenient = FakeLoaded(Threshold(0.25), name="strict"), FakeLoaded(Threshold(0.1), name="lenient")
+    st = se.masking_run([strict, lenient], boxes, data_name="toyset", batch_size=3, n_boot=50)
+    r = st.results["strict"]
+    # full mean 0.58 and object alone 0.39 exceed 0.25; background alone (0.18) does not
+    assert (r.top1["full"].value, r.top1["foreground"].value, r.top1["background"].value) == (1.0, 1.0, 0.0)
+    assert r.foreground_fraction == pytest.approx(400 / 1024)
+    assert st.results["lenient"].top1["background"].value == 1.0
+    d = st.difference("strict", "lenient", "background", k=1, n_boot=50)
+    assert d.value == d.low == d.high == -1.0
+    with pytest.raises(VitvizError):
+        se.masking_run([strict], boxes, data_name="toyset", fill="plaid")
