@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import timm
 import torch
+from fakes import FakeLoaded
 from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
-from torchvision import transforms as T
 
 from vitviz_core.errors import DataError, HookError, VitvizError
 from vitviz_core.evaluate import exemplars as ex
@@ -48,33 +48,6 @@ class Brightness(nn.Module):
         logits[:, 0] = 0.25 - m
         logits[:, 1] = m - 0.25
         return logits
-
-
-class FakeLoaded:
-    """Just enough of models.LoadedModel for the experiments."""
-
-    def __init__(self, model: nn.Module, size: int = 32, name: str = "toy"):
-        self.model = model
-        self.name = name
-        self.arch = "toy"
-        self.weights_source = "random init (test)"
-        self.pretrained = False
-        self.data_config = {"input_size": (3, size, size)}
-        self.num_classes = 10
-        self.size = size
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return (self.size, self.size)
-
-    def pixel_transform(self):
-        return T.Compose([T.Resize(self.size), T.CenterCrop(self.size), T.ToTensor()])
-
-    def eval_transform(self):
-        return T.Compose([self.pixel_transform(), T.Normalize([0.5] * 3, [0.5] * 3)])
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - 0.5) / 0.5
 
 
 @pytest.fixture()
@@ -547,7 +520,11 @@ def _shared_or_skip() -> None:
 @pytest.mark.shared
 def test_real_vit_token_mixing_matches_plain_accuracy():
     _shared_or_skip()
-    from vitviz_core.evaluate.common import evaluate_variants, make_loader, pixel_dataset
+    from vitviz_core.evaluate.common import (
+        evaluate_variants,
+        make_loader,
+        pixel_dataset,
+    )
     from vitviz_core.models import load_model
 
     lm = load_model("vit-ti16")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from fakes import FakeLoaded
 from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
@@ -29,29 +30,6 @@ def tiny_vit(depth: int = 3, seed: int = 0, num_classes: int = 10) -> nn.Module:
     m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
                           depth=depth, embed_dim=32, num_heads=2, num_classes=num_classes)
     return m.eval().requires_grad_(False)
-
-
-class FakeLoaded:
-    """Just enough of models.LoadedModel for the studies."""
-
-    def __init__(self, model: nn.Module, size: int = 32, name: str = "toy"):
-        self.model, self.name, self.size = model, name, size
-        self.arch, self.weights_source, self.pretrained = "toy", "random init (test)", False
-        self.data_config = {"input_size": (3, size, size)}
-        self.num_classes = 10
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return (self.size, self.size)
-
-    def pixel_transform(self):
-        return T.Compose([T.Resize(self.size), T.CenterCrop(self.size), T.ToTensor()])
-
-    def eval_transform(self):
-        return T.Compose([self.pixel_transform(), T.Normalize([0.5] * 3, [0.5] * 3)])
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - 0.5) / 0.5
 
 
 class Indexed(Dataset):
