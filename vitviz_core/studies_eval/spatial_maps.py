@@ -9,12 +9,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.stats import Estimate, bootstrap_ci
+from vitviz_core.plot import _to_hwc
+from vitviz_core.plot_eval import _upsample
 
 
 def top_feature_maps(model: Any, x: Tensor, hook: str, n: int = 2, stat: str = "max",
@@ -113,15 +114,6 @@ def spread_figure(res: DepthMaps, title: str | None = None) -> Figure:
     return fig
 
 
-def _hwc(image: Tensor) -> np.ndarray:
-    return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-
-
-def _up(m: Tensor, size: tuple[int, int]) -> np.ndarray:
-    return F.interpolate(m.float()[None, None], size=size, mode="bilinear",
-                         align_corners=False)[0, 0].cpu().numpy()
-
-
 def saliency_figure(images: Sequence[Tensor], maps: Tensor, titles: Sequence[Sequence[str]],
                     col_titles: Sequence[str] | None = None, row_labels: Sequence[str] | None = None,
                     cell_inches: float = 1.35, alpha: float = 0.55) -> Figure:
@@ -136,12 +128,12 @@ def saliency_figure(images: Sequence[Tensor], maps: Tensor, titles: Sequence[Seq
     fig = Figure(figsize=(b * cell_inches, (n + 1) * (cell_inches + 0.2)))
     axes = fig.subplots(n + 1, b, squeeze=False)
     for j in range(b):
-        img = _hwc(images[j])
+        img = _to_hwc(images[j])
         axes[0, j].imshow(img)
         if col_titles is not None:
             axes[0, j].set_title(col_titles[j], fontsize=7)
         for i in range(n):
-            m = _up(maps[j, i].clamp_min(0), img.shape[:2])
+            m = _upsample(maps[j, i].clamp_min(0), img.shape[:2])
             axes[i + 1, j].imshow(img)
             axes[i + 1, j].imshow(m, cmap="inferno", alpha=alpha, vmin=0, vmax=max(float(m.max()), 1e-6))
             axes[i + 1, j].set_title(titles[j][i], fontsize=7)
