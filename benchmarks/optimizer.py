@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fpm(tb, kb, s):>17.1f} {_fpm(tl, kl, s):>14.1f} "
               f"{fpm_b:>7.1f}/{_fpm(tl, kl, s, PAPER_STEPS):<7.1f} {per_feat_l / per_feat_b:>8.2f}"
               f" [bf16, random init; loop side: {kl} features; {torch.cuda.get_device_name()}]")
-        print(f"# paper: <= 90 s per 400-step ViT-B/16 feature on an RTX 2080 Ti = >= 0.67 features/min")
+        print("# paper: <= 90 s per 400-step ViT-B/16 feature on an RTX 2080 Ti = >= 0.67 features/min")
         print(f"gpu_features_per_min_vit_b16: {fpm_b:.2f}")
 
     geo = math.exp(sum(math.log(x) for x in speedups) / len(speedups)) if speedups else float("nan")

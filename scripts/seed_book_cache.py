@@ -9,6 +9,8 @@ with the execution time taken from nbmake's JUnit report. A chapter whose code c
 not line up is skipped with a message, and the book build simply executes it again.
 
 Usage: python scripts/seed_book_cache.py CACHE_DIR JUNIT_XML EXECUTED_DIR CHAPTER.md...
+       python scripts/seed_book_cache.py --stale CACHE_DIR CHAPTER.md...
+           (prints the chapters the cache does not hold yet: the ones `make book` executes)
 """
 
 from __future__ import annotations
@@ -37,7 +39,26 @@ def junit_times(path: Path) -> dict[str, float]:
     return times
 
 
+def _read_chapter(chapter: Path) -> nbformat.NotebookNode:
+    """The chapter as the book build reads it (myst-nb's reader), so hashes match."""
+    return read_myst_markdown_notebook(chapter.read_text(), MdParserConfig(),
+                                       add_source_map=True, path=chapter)
+
+
+def stale(cache_dir: str, chapters: list[str]) -> int:
+    """Print the chapters whose code is not in the execution cache yet."""
+    cache = get_cache(cache_dir)
+    for chapter in map(Path, chapters):
+        try:
+            cache.match_cache_notebook(_read_chapter(chapter))
+        except KeyError:
+            print(chapter.with_suffix(""))
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--stale"]:
+        return stale(argv[1], argv[2:])
     cache_dir, junit, executed_dir, *chapters = argv
     cache = get_cache(cache_dir)
     times = junit_times(Path(junit))
@@ -46,8 +67,7 @@ def main(argv: list[str]) -> int:
         if not executed.is_file():
             print(f"seed: {chapter}: no executed notebook, the book build will execute it")
             continue
-        source = read_myst_markdown_notebook(chapter.read_text(), MdParserConfig(),
-                                             add_source_map=True, path=chapter)
+        source = _read_chapter(chapter)
         ran = nbformat.read(executed, as_version=4)
         src_cells = [c for c in source.cells if c.cell_type == "code"]
         ran_cells = [c for c in ran.cells if c.cell_type == "code"]

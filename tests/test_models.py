@@ -8,6 +8,8 @@ the real converted weights; ``shared`` ones also need ``../shared`` (skipped whe
 from __future__ import annotations
 
 import importlib.util
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +227,7 @@ def test_describe_builtin_models(isolated: Path, monkeypatch) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def test_cached_conversion_detects_corruption(isolated: Path) -> None:
+def test_cached_conversion_detects_corruption(isolated: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = isolated / "source.bin"
     source.write_bytes(b"source weights")
     calls = []
@@ -245,16 +247,44 @@ def test_cached_conversion_detects_corruption(isolated: Path) -> None:
         "bit flip": lambda: path.write_bytes(path.read_bytes()[:-8] + b"\x01" * 8),
         "no sidecar": lambda: path.with_suffix(".json").unlink(),
     }
+    caplog.set_level(logging.INFO, logger="vitviz_core.models")
     for n, (what, damage) in enumerate(damages.items(), start=2):
         damage()
-        with pytest.warns(UserWarning, match="rebuilding"):
-            sd3, _ = models.cached_conversion("fake", source, convert)
+        caplog.clear()
+        sd3, _ = models.cached_conversion("fake", source, convert)
+        assert "rebuilding" in caplog.text, what
         assert len(calls) == n, what
         assert torch.equal(sd3["w"], sd["w"]), what
-    # a changed source rebuilds too
+    # a changed source (other bytes) rebuilds too
+    caplog.clear()
     source.write_bytes(b"new source weights, longer")
-    with pytest.warns(UserWarning, match="different source"):
-        models.cached_conversion("fake", source, convert)
+    models.cached_conversion("fake", source, convert)
+    assert "different source" in caplog.text and len(calls) == len(damages) + 2
+
+
+def test_cached_conversion_same_content_other_path_is_a_hit(isolated: Path) -> None:
+    """Regression (README's `make book` failed): the same wheel installed at another path
+    (another checkout's .venv) rebuilt the shared cache, and the rebuild's UserWarning on
+    stderr failed `jupyter-book build -W`. The cache is keyed by content, and a rebuild is
+    logged, never warned."""
+    first, second = isolated / "venv-a" / "w.onnx", isolated / "venv-b" / "w.onnx"
+    for f in (first, second):
+        f.parent.mkdir()
+        f.write_bytes(b"the same wheel file")
+    calls = []
+
+    def convert(path: Path) -> dict[str, torch.Tensor]:
+        calls.append(path)
+        return {"w": torch.ones(3)}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning (stderr in a chapter cell) fails
+        models.cached_conversion("fake", first, convert)
+        models.cached_conversion("fake", second, convert)
+        models.cached_conversion("fake", first, convert)
+        second.write_bytes(b"another wheel version")
+        models.cached_conversion("fake", second, convert)  # a rebuild: logged, not warned
+    assert calls == [first, second]
 
 
 @pytest.mark.slow
@@ -269,7 +299,8 @@ def test_efficientnet_cache_rebuilt_after_corruption(isolated: Path) -> None:
     with torch.no_grad():
         before = lm.model(x)
     cached.write_bytes(b"garbage" * 100)
-    with pytest.warns(UserWarning, match="rebuilding"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         lm2 = models.load_model("efficientnet-lite0")
     with torch.no_grad():
         torch.testing.assert_close(lm2.model(x), before, rtol=0, atol=0)

@@ -14,7 +14,7 @@ from vitviz_core import cli
 from vitviz_core.augment import (ColorShift, EnsembleAugment, FeatureStreams, GaussianNoise, Jitter,
                                  noise_std_at, stream_seeds)
 from vitviz_core.errors import HookError, VitvizError
-from vitviz_core.objectives import Objective, ObjectiveContext, channel, diversity, neuron, total_variation, tv
+from vitviz_core.objectives import Objective, ObjectiveContext, channel, diversity, neuron, tv
 from vitviz_core.recipes import PAPER, RELEASED, get_recipe
 
 # ---------------------------------------------------------------------------------------------

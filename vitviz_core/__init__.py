@@ -13,4 +13,10 @@ Modules (import them directly; nothing heavy is imported here):
 - ``data``     ImageNet-style folders, a built-in photo gallery, robust image reading, boxes
 """
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# Library convention: log records go nowhere unless the application configures logging
+# (a book chapter's cell must not show cache housekeeping on stderr).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())

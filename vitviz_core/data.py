@@ -148,7 +148,7 @@ def _is_image(name: str, extensions: frozenset[str]) -> bool:
 
 def _has_images(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
     """True as soon as one image file is found under ``folder`` (cheap on big trees)."""
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for _dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if any(_is_image(f, extensions) for f in filenames):
             return True

@@ -19,8 +19,10 @@ a path
 
 The two built-ins that ship inside PyPI wheels are converted once into timm state dicts
 and cached as safetensors in ``cache_dir()/converted/`` with a sidecar JSON that records the
-file's sha256; a truncated or corrupt cache is detected, rebuilt and reported with a
-warning. Everything returned is a :class:`LoadedModel`: an eval-mode, frozen timm model
+sha256 of the source's bytes and of the cached file. The cache is keyed by content, so the
+same wheel installed at another path (another checkout, another virtual environment) is a
+hit; a truncated, corrupt or stale cache is detected, rebuilt and logged (logger
+``vitviz_core.models``, INFO: nothing a reader has to act on, so nothing on stderr). Everything returned is a :class:`LoadedModel`: an eval-mode, frozen timm model
 plus the data configuration its weights expect (e.g. mean = std = 0.5 for the AugReg
 ViT-Ti/16; ``(x - 127) / 128`` for EfficientNet-Lite0).
 
@@ -33,8 +35,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -59,6 +61,8 @@ __all__ = [
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 WEIGHTS_KEYWORDS = ("auto", "builtin", "hub", "random")
 _CONVERTER_VERSION = "1"
+
+log = logging.getLogger(__name__)
 _DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -385,9 +389,10 @@ def cached_conversion(
     """Convert ``source`` with ``convert`` once and cache the result; return ``(state_dict, path)``.
 
     The cache file is ``cache_dir()/converted/<key>.safetensors`` with ``<key>.json`` beside it
-    (sha256 of the file, source path/size, converter version). A stale, truncated or corrupt
-    cache is rebuilt with a warning. If the cache folder is not writable, the converted
-    weights are returned without caching (with a warning).
+    (sha256 of the cached file, sha256 and size of the source's bytes, converter version).
+    The key is the source's *content*: the same file at another path is a cache hit. A stale,
+    truncated or corrupt cache is rebuilt and logged at INFO. If the cache folder is not
+    writable, the converted weights are returned without caching (logged at WARNING).
     """
     from safetensors.torch import save_file
 
@@ -396,27 +401,28 @@ def cached_conversion(
     sidecar = folder / f"{key}.json"
     expected = {
         "converter_version": _CONVERTER_VERSION,
-        "source": str(source),
+        "source_sha256": _sha256(source),
         "source_size": source.stat().st_size,
     }
     if path.exists():
         sd, problem = _read_cache(path, sidecar, expected)
         if sd is not None:
             return sd, path
-        warnings.warn(f"rebuilding cached converted weights {path}: {problem}", stacklevel=3)
+        log.info("rebuilding cached converted weights %s: %s", path.name, problem)
     sd = convert(source)
     sd = {k: v.contiguous() for k, v in sd.items()}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}.tmp"
-        save_file(sd, str(tmp), metadata={"source": str(source), "converter_version": _CONVERTER_VERSION})
+        save_file(sd, str(tmp), metadata={"source_sha256": expected["source_sha256"],
+                                          "converter_version": _CONVERTER_VERSION})
         meta = dict(expected, sha256=_sha256(tmp))
         tmp_meta = folder / f".{key}.{os.getpid()}.json.tmp"
         tmp_meta.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, path)
         os.replace(tmp_meta, sidecar)
     except OSError as err:
-        warnings.warn(f"could not cache converted weights in {folder}: {err}", stacklevel=3)
+        log.warning("could not cache converted weights in %s: %s", folder, err)
     return sd, path
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vitviz_core.errors import DataError, HookError, VitvizError
-from vitviz_core.evaluate.records import (ResultRecord, data_info, dataset_fingerprint,
+from vitviz_core.evaluate.records import (ResultRecord, dataset_fingerprint,
                                           model_info, weights_fingerprint)
 
 __all__ = ["FeatureTopK", "ExemplarResult", "TopKState", "update_states", "score_maps", "find_exemplars",

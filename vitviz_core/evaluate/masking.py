@@ -180,7 +180,7 @@ class BoxMaskDataset(Dataset):
         if isinstance(images, (str, Path)):
             images = vdata.ImageFolderDataset(images)
         self.root = getattr(images, "root", None)
-        samples = list(getattr(images, "samples"))
+        samples = list(images.samples)
         self.transform = transform
         self._csv: Mapping[str, list] | None = None
         self._xml_dir: Path | None = None
