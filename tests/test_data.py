@@ -182,6 +182,196 @@ def test_pil_decompression_bomb_limit_does_not_crash(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 1000  # PIL's global restored
 
 
+# ---------------------------------------------------------------------------- bad files (issue 12)
+
+
+def _png_bytes(width: int, height: int, row: bytes | None = None) -> bytes:
+    """A valid grayscale PNG of ``width x height`` written row by row (streamed zlib), so a
+    huge declared size costs no memory here: a decompression-bomb fixture."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    comp = zlib.compressobj(9)
+    line = b"\x00" + (row if row is not None else bytes(width))  # filter byte + pixels
+    idat = b"".join(comp.compress(line) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _expect_unreadable(path: Path, reason: str = "") -> None:
+    """Every read of ``path`` is a DataError naming it (raise) or a warning + None (warn)."""
+    with pytest.raises(DataError, match=f"{path.name}.*{reason}"):
+        load_image(path)
+    with pytest.warns(ImageReadWarning, match=path.name):
+        assert load_image(path, on_error="warn") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(path, on_error="ignore") is None
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "progressive"])
+def test_truncated_at_every_kind_of_offset_is_a_data_error(tmp_path, fmt):
+    arr = np.random.default_rng(1).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    kw = {"format": "JPEG", "quality": 90, "progressive": True} if fmt == "progressive" else {"format": fmt}
+    whole = _save(Image.fromarray(arr), tmp_path / "whole.img", **kw).read_bytes()
+    # inside the signature, the first marker/chunk header, the tables, the pixel data, the end
+    offsets = sorted({1, 3, 7, 12, 20, 33, 60, 150, 400, len(whole) // 2, len(whole) - 30})
+    for cut in offsets:
+        path = tmp_path / f"cut_{cut}.{'png' if fmt == 'PNG' else 'jpg'}"
+        path.write_bytes(whole[:cut])
+        _expect_unreadable(path)
+
+
+def test_directory_symlink_loop_and_dangling_link_with_image_names(tmp_path):
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    _expect_unreadable(folder, "directory")
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(tmp_path / "loop.jpg")
+    _expect_unreadable(loop, "symbolic link loop")
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(tmp_path / "nowhere.png")
+    _expect_unreadable(dangling, "no such file")
+
+
+def _as_unprivileged(fn) -> str:
+    """Run ``fn()`` in a forked child that dropped root to ``nobody``; its result or error."""
+    import os
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            out = repr(fn())
+        except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+            out = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, out.encode()[:4000])
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as fh:
+        return fh.read().decode()
+
+
+def test_unreadable_file_permissions(tmp_path):
+    import os
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="vitviz_perm_"))
+    try:
+        folder.chmod(0o755)
+        path = _save(_rgb(size=(8, 8)), folder / "secret.png")
+        path.chmod(0o000)
+        if os.geteuid() != 0:
+            _expect_unreadable(path, "permission denied")
+            return
+        if not hasattr(os, "fork"):
+            pytest.skip("running as root without os.fork: cannot drop to an unprivileged user")
+
+        def read_both() -> tuple:
+            try:
+                load_image(path)
+                raised = "no error"
+            except DataError as exc:
+                raised = f"DataError: {exc}"
+            with warnings.catch_warnings(record=True) as rec:
+                warnings.simplefilter("always")
+                warned = load_image(path, on_error="warn")
+            return raised, warned, [str(w.message) for w in rec]
+
+        out = _as_unprivileged(read_both)
+        if out.startswith("PermissionError: [Errno 1]"):
+            pytest.skip(f"cannot drop to an unprivileged user here ({out})")
+        assert "DataError: cannot read image" in out and "secret.png" in out and "permission denied" in out, out
+        assert "None" in out and "skipped" in out, out
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path, monkeypatch):
+    # 12000 x 12000 = 144 Mpixel in a ~150 kB PNG: over the 32 Mpixel budget -> refused
+    # without decoding a pixel (the old 400 Mpixel limit decoded it: ~2 GB of RAM)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_bytes(12000, 12000))
+    assert bomb.stat().st_size < 1_000_000
+    _expect_unreadable(bomb, "decode budget")
+    # the budget is configurable: argument and environment variable
+    small = _save(Image.fromarray(np.full((60, 50), 7, np.uint8)), tmp_path / "small.png")
+    with pytest.raises(DataError, match="small.png.*decode budget of 2000 pixels"):
+        load_image(small, max_decode_pixels=2000)
+    monkeypatch.setenv("VITVIZ_MAX_DECODE_PIXELS", "2000")
+    with pytest.raises(DataError, match="small.png.*decode budget"):
+        load_image(small)
+    monkeypatch.setenv("VITVIZ_MAX_DECODE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="VITVIZ_MAX_DECODE_PIXELS"):
+        load_image(small)
+    monkeypatch.delenv("VITVIZ_MAX_DECODE_PIXELS")
+    assert load_image(small, max_decode_pixels=3000).size == (50, 60)
+
+
+def test_big_jpeg_over_budget_is_draft_decoded_not_refused(tmp_path):
+    path = _noise_jpeg(tmp_path / "wide.jpg", size=(400, 200))  # 80000 px
+    with pytest.warns(ImageReadWarning, match="downscaled"):
+        out = load_image(path, max_pixels=20000, max_decode_pixels=30000)
+    assert out.size[0] * out.size[1] <= 20000 and out.size[0] == 2 * out.size[1]
+    png = _save(Image.open(path), tmp_path / "wide.png")
+    with pytest.raises(DataError, match="wide.png.*decode budget"):  # PNG cannot be draft-decoded
+        load_image(png, max_pixels=20000, max_decode_pixels=30000)
+
+
+@pytest.mark.slow
+def test_peak_memory_of_a_bomb_stays_under_1gb(tmp_path):
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_bytes(30000, 30000))  # 900 Mpixel declared
+    code = ("import resource, sys; from vitviz_core.images import load_image; "
+            f"r = load_image({str(bomb)!r}, on_error='ignore'); "
+            "print(r, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    result, peak_kb = out.stdout.split()
+    assert result == "None" and int(peak_kb) < 1_000_000, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("factor", [(2, 1), (1, 3), (4, 4)])
+@pytest.mark.parametrize("subsampling", [0, 2])
+def test_jpeg_claiming_more_pixels_than_it_holds_is_an_error(tmp_path, factor, subsampling):
+    import struct
+
+    arr = np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    good = _save(Image.fromarray(arr), tmp_path / "good.jpg", quality=90, subsampling=subsampling)
+    data = bytearray(good.read_bytes())
+    sof = data.find(b"\xff\xc0")
+    height, width = struct.unpack(">HH", data[sof + 5: sof + 9])
+    data[sof + 5: sof + 9] = struct.pack(">HH", height * factor[0], width * factor[1])
+    liar = tmp_path / "liar.jpg"
+    liar.write_bytes(bytes(data))
+    _expect_unreadable(liar, "declares")
+    assert load_image(good).size == (64, 48)
+
+
+def test_genuine_jpeg_ending_in_mid_grey_is_read(tmp_path):
+    arr = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    arr[24:] = 128  # the libjpeg fill colour, in the data for real
+    for name, kw in (("grey.jpg", {}), ("grey_small.jpg", {"subsampling": 2}), ("grey_gray.jpg", {})):
+        img = Image.fromarray(arr if name != "grey_gray.jpg" else arr[..., 0])
+        path = _save(img, tmp_path / name, quality=90, **kw)
+        out = np.asarray(load_image(path))
+        assert out.shape == (64, 64, 3) and (out[-1] == 128).all()
+    flat = _save(Image.new("RGB", (40, 40), (128, 128, 128)), tmp_path / "flat.jpg")
+    assert load_image(flat).size == (40, 40)
+
+
 def test_to_tensor01():
     x = images.to_tensor01(_rgb((255, 0, 51), size=(5, 3)))
     assert x.shape == (3, 3, 5) and x.dtype == torch.float32
