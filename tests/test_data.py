@@ -460,27 +460,20 @@ def test_subsets_are_deterministic(tmp_path):
     assert len(both) == 2
 
 
-def test_bad_file_skipped_with_warning_and_collates(tmp_path):
+def test_bad_file_is_marked_not_substituted_and_not_rewarned(tmp_path):
     root = _tree(tmp_path / "ds", {TENCH: 2, TABBY: 2})
     bad = root / TENCH / "img_1.JPEG"
     bad.write_bytes(b"\xff\xd8\xff garbage")
     ds = ImageFolderDataset(root)
     with pytest.warns(ImageReadWarning, match="img_1.JPEG"):
-        x, label, index = ds[1]
-    assert (label, index) == (281, 2)  # the next readable sample, with its own label and index
+        assert ds[1] == data.Unreadable(1, "img_1.JPEG")  # never the next sample in its place
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # known-bad files are not re-read or re-warned
-        batches = list(torch.utils.data.DataLoader(ds, batch_size=4))
-    assert batches[0][0].shape == (4, 3, 8, 8) and batches[0][2].tolist() == [0, 2, 2, 3]
+        batches = list(torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=data.collate_skipping))
+    assert batches[0][0].shape == (3, 3, 8, 8) and batches[0][2].tolist() == [0, 2, 3]
+    assert batches[0][1].tolist() == [0, 281, 281] and batches[0].skipped == [1]
     with pytest.raises(DataError, match="img_1.JPEG"):
         ImageFolderDataset(root, on_error="raise")[1]
-
-
-def test_all_files_unreadable(tmp_path):
-    (tmp_path / "x.jpg").write_bytes(b"junk")
-    ds = ImageFolderDataset(tmp_path, on_error="ignore")
-    with pytest.raises(DataError, match="unreadable"):
-        ds[0]
 
 
 # ---------------------------------------------------------------------------- boxes

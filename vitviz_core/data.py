@@ -16,11 +16,21 @@
 
 Unreadable images: with ``on_error="warn"`` (the default for datasets) a bad file is
 reported once with an :class:`~vitviz_core.images.ImageReadWarning` naming it, and
-``__getitem__`` returns the *next readable sample* instead (its own label and its own
-index, which is the third element of the returned tuple). Every item is then a real
-image, so batches collate normally and a long run never stops on one bad file; the index
-tells the caller which sample it actually got. With ``on_error="raise"`` a
-:class:`~vitviz_core.errors.DataError` naming the file is raised.
+``__getitem__`` returns an :class:`Unreadable` marker (its index and file name) instead of
+a sample; ``"ignore"`` does the same silently. A bad file is never replaced by another
+sample: it must be *absent* from every statistic, not counted twice. The batch contract
+that keeps it absent works across DataLoader worker processes (where a dataset's own
+state is not shared): :func:`collate_skipping` drops the markers from a batch and returns
+a :class:`Batch` (a list ``[x, labels, indices, *rest]``) whose ``skipped`` /
+``skipped_files`` name the dropped samples; ``vitviz_core.evaluate.common.make_loader``
+uses it, drops batches that had nothing readable, and records every skipped file in
+:func:`skipped_files` (per dataset, in the main process), which result records report. With
+``on_error="raise"`` a :class:`~vitviz_core.errors.DataError` naming the file is raised.
+
+Folder walking never leaves the dataset root: a class folder (or a subfolder) that is a
+symbolic link is followed only when it resolves inside the root and is not an ancestor
+of itself, and every real folder is walked once, so a link to the root or a link cycle
+cannot give a file a second, wrong label.
 
 Image decoding lives in :mod:`vitviz_core.images` and box reading in
 :mod:`vitviz_core.boxes`; both are re-exported here.
@@ -29,15 +39,18 @@ Image decoding lives in :mod:`vitviz_core.images` and box reading in
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import warnings
+import weakref
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torch.utils.data import default_collate
 
 from . import config
 from .boxes import Box, boxes_to_mask, read_ilsvrc_xml, read_ilsvrc_xml_dir, read_loc_val_solution
@@ -58,6 +71,11 @@ __all__ = [
     "find_dataset",
     "ImageListDataset",
     "ImageFolderDataset",
+    "Unreadable",
+    "Batch",
+    "collate_skipping",
+    "skipped_files",
+    "note_skipped",
     "GalleryDataset",
     "gallery_dataset",
     "default_dataset",
@@ -71,6 +89,8 @@ __all__ = [
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
+log = logging.getLogger(__name__)
+
 DEFAULT_DATASET = "imagenet-val-1300"
 _DATA_HINT = "set VITVIZ_DATA=/folder/that/contains/<dataset> or pass root="
 
@@ -146,10 +166,79 @@ def _is_image(name: str, extensions: frozenset[str]) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
 
 
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _walk(top: Path, base: Path, seen: set[Path]) -> Iterable[tuple[Path, list[str]]]:
+    """``(folder, file names)`` under ``top``, sorted, hidden entries skipped, never leaving
+    ``base`` (a resolved folder) through a symbolic link and never visiting a real folder
+    twice (link cycles). ``seen`` holds the resolved folders already walked."""
+    real = top.resolve()
+    if real in seen or not _inside(real, base):
+        log.info("not following symbolic link %s -> %s (outside %s, or a cycle)", top, real, base)
+        return
+    seen.add(real)
+    try:
+        entries = sorted(os.scandir(top), key=lambda e: e.name)
+    except OSError as exc:
+        log.warning("cannot list folder %s: %s", top, exc)
+        return
+    files = []
+    subdirs = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir()  # follows links; a loop or dangling link is not a folder
+        except OSError:
+            is_dir = False
+        (subdirs if is_dir else files).append(entry.name)
+    yield top, files
+    for name in subdirs:
+        yield from _walk(top / name, base, seen)
+
+
+def _class_folders(root: Path) -> list[tuple[Path, Path]]:
+    """``(class folder, its resolved path)`` for the class folders of ``root``, sorted by name.
+
+    A class folder that is a symbolic link is used only if it leads neither to the root nor
+    to one of its ancestors (that would relabel every image) nor into a folder another class
+    already has (real folders win): links to folders elsewhere (a subset assembled from
+    links) are fine. Dropped links are logged at WARNING."""
+    real_root = root.resolve()
+    candidates = []
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not _is_folder(d):
+            continue
+        candidates.append((d, d.resolve()))
+    claimed = [real for d, real in candidates if not d.is_symlink()]
+    kept = [(d, real) for d, real in candidates if not d.is_symlink()]
+    for d, real in candidates:
+        if not d.is_symlink():
+            continue
+        if _inside(real_root, real):
+            log.warning("%s: class folder %s links to the dataset root or above it (%s); skipped",
+                        root, d.name, real)
+        elif any(_inside(real, c) or _inside(c, real) for c in claimed):
+            log.warning("%s: class folder %s links to a folder another class already has (%s); skipped",
+                        root, d.name, real)
+        else:
+            claimed.append(real)
+            kept.append((d, real))
+    return sorted(kept, key=lambda t: t[0].name)
+
+
 def _has_images(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
     """True as soon as one image file is found under ``folder`` (cheap on big trees)."""
-    for _dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for _dirpath, filenames in _walk(folder, folder.resolve(), set()):
         if any(_is_image(f, extensions) for f in filenames):
             return True
     return False
@@ -183,11 +272,71 @@ def find_dataset(name: str = DEFAULT_DATASET, root: str | os.PathLike | None = N
     raise DataError(f"dataset {name!r} not found (tried {tried}); {_DATA_HINT}")
 
 
+class Unreadable(NamedTuple):
+    """What ``ImageListDataset.__getitem__`` returns for a file it could not read (with
+    ``on_error`` "warn" or "ignore"): never collated, never counted (see :func:`collate_skipping`)."""
+
+    index: int  # the dataset index of the sample
+    file: str   # the file's name (not its path: results are published)
+
+
+class Batch(list):
+    """A collated batch ``[x, labels, indices, *rest]`` that also names the samples dropped
+    from it: ``skipped`` (dataset indices) and ``skipped_files`` (file names). Empty (no
+    items) when every sample of the batch was unreadable. Survives DataLoader workers
+    (pickled with its attributes) and ``pin_memory``."""
+
+    def __init__(self, items: Iterable[Any] = (), skipped: Sequence[int] = (),
+                 skipped_files: Sequence[str] = ()) -> None:
+        super().__init__(items)
+        self.skipped: list[int] = [int(i) for i in skipped]
+        self.skipped_files: list[str] = [str(f) for f in skipped_files]
+
+    def pin_memory(self) -> "Batch":
+        return Batch([t.pin_memory() if isinstance(t, torch.Tensor) else t for t in self],
+                     self.skipped, self.skipped_files)
+
+
+def collate_skipping(items: Sequence[Any]) -> Batch:
+    """DataLoader ``collate_fn``: drop :class:`Unreadable` markers, collate the rest with
+    torch's ``default_collate``, and name the dropped samples in the :class:`Batch`."""
+    bad = [it for it in items if isinstance(it, Unreadable)]
+    good = [it for it in items if not isinstance(it, Unreadable)]
+    collated = default_collate(good) if good else []
+    if isinstance(collated, torch.Tensor):  # a dataset of bare tensors
+        collated = [collated]
+    return Batch(collated, [b.index for b in bad], [b.file for b in bad])
+
+
+_SKIPPED: "weakref.WeakKeyDictionary[Any, dict[int, str]]" = weakref.WeakKeyDictionary()
+
+
+def note_skipped(dataset: Any, indices: Iterable[int], files: Iterable[str]) -> None:
+    """Record (in this process) that passes over ``dataset`` skipped these samples."""
+    try:
+        reg = _SKIPPED.setdefault(dataset, {})
+    except TypeError:  # not weak-referenceable: nothing to record on
+        return
+    for i, f in zip(indices, files):
+        reg[int(i)] = str(f)
+
+
+def skipped_files(dataset: Any) -> dict[int, str]:
+    """``{dataset index: file name}`` of the unreadable samples that passes through
+    ``make_loader`` (or :func:`note_skipped`) met in this process; empty if none."""
+    try:
+        return dict(_SKIPPED.get(dataset, {}))
+    except TypeError:
+        return {}
+
+
 class ImageListDataset(Dataset):
     """A list of ``(image path, label)``; ``__getitem__(i) -> (image_tensor, label, index)``.
 
     ``transform`` maps the RGB PIL image to a tensor; without one the image becomes a float
-    tensor (3, H, W) in [0, 1] at its own size. See the module docstring for ``on_error``.
+    tensor (3, H, W) in [0, 1] at its own size. An unreadable file gives an
+    :class:`Unreadable` marker instead (``on_error`` "warn"/"ignore"; see the module
+    docstring): batch such a dataset with :func:`collate_skipping` (``make_loader`` does).
     """
 
     description: str = ""
@@ -205,7 +354,7 @@ class ImageListDataset(Dataset):
         self.transform = transform
         self.on_error = on_error
         self.description = description
-        self.bad_files: set[Path] = set()  # unreadable files met so far (in this process)
+        self.bad_files: set[Path] = set()  # unreadable files met in this process (not re-read)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -222,6 +371,8 @@ class ImageListDataset(Dataset):
     def image(self, index: int) -> Image.Image | None:
         """The RGB PIL image of sample ``index`` (``None`` if unreadable and not raising)."""
         path = self.samples[index][0]
+        if path in self.bad_files:
+            return None
         img = load_image(path, on_error=self.on_error)
         if img is None:
             self.bad_files.add(path)
@@ -233,20 +384,14 @@ class ImageListDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {n} images")
         return index % n
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        index = self._normalize_index(int(index))
-        n = len(self.samples)
-        for step in range(n):
-            i = (index + step) % n
-            path, label = self.samples[i]
-            if path in self.bad_files:
-                continue
-            img = self.image(i)
-            if img is None:
-                continue
-            x = self.transform(img) if self.transform is not None else to_tensor01(img)  # (3, H, W)
-            return x, label, i
-        raise DataError(f"no readable image in {self.description or 'the dataset'} ({n} files, all unreadable)")
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | Unreadable:
+        i = self._normalize_index(int(index))
+        path, label = self.samples[i]
+        img = self.image(i)
+        if img is None:
+            return Unreadable(i, path.name)
+        x = self.transform(img) if self.transform is not None else to_tensor01(img)  # (3, H, W)
+        return x, label, i
 
 
 def _subset(items: list, max_images: int | None) -> list:
@@ -297,15 +442,9 @@ class ImageFolderDataset(ImageListDataset):
         exts = frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist ({_DATA_HINT})")
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         groups: list[tuple[str, list[Path]]] = []
-        for d in class_dirs:
-            files = sorted(
-                Path(dp) / f
-                for dp, dn, fn in os.walk(d)
-                for f in fn
-                if _is_image(f, exts) and not any(part.startswith(".") for part in Path(dp).relative_to(d).parts)
-            )
+        for d, real in _class_folders(root):
+            files = sorted(Path(dp) / f for dp, fn in _walk(d, real, set()) for f in fn if _is_image(f, exts))
             if files:
                 groups.append((d.name, files))
         if per_class is not None and per_class <= 0:
@@ -319,7 +458,7 @@ class ImageFolderDataset(ImageListDataset):
             for (group, files), label in zip(groups, labels):
                 entries += [(f, label, group) for f in files]
         else:
-            flat = sorted(p for p in root.iterdir() if p.is_file() and _is_image(p.name, exts))
+            flat = sorted(p for p in root.iterdir() if _is_image(p.name, exts) and not _is_folder(p))
             if not flat:
                 raise DataError(f"no images in {root} (looked for {', '.join(sorted(exts))} in it and its subfolders)")
             self.layout = "flat"

@@ -169,6 +169,9 @@ class BoxMaskDataset(Dataset):
             through the same geometry.
         missing: ``"error"`` (default) or ``"skip"`` images without boxes.
 
+    An unreadable image gives a :class:`vitviz_core.data.Unreadable` marker (unless ``images``
+    reads with ``on_error="raise"``), which ``make_loader`` drops and counts.
+
     XML files record the annotated image size; boxes are rescaled when the image on disk has
     a different size (e.g. resized copies). CSV boxes are taken in the image's own pixels.
     """
@@ -218,6 +221,7 @@ class BoxMaskDataset(Dataset):
                             "the annotation ids")
         self.samples = keep
         self.missing = missing_ids
+        self.on_error = getattr(images, "on_error", "warn")
 
     def _lookup(self, path: Path) -> tuple[list, tuple[int, int] | None] | None:
         from vitviz_core import data as vdata
@@ -241,13 +245,15 @@ class BoxMaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int, Tensor]:
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int, Tensor] | Any:
         from PIL import Image
 
         from vitviz_core import data as vdata
 
         path, label = self.samples[i]
-        img = vdata.load_image(path)
+        img = vdata.load_image(path, on_error=self.on_error)
+        if img is None:  # unreadable: dropped and counted by make_loader's collate
+            return vdata.Unreadable(i, Path(path).name)
         boxes, ann_size = self.annotations[i]
         w, h = img.size
         if ann_size is not None and tuple(ann_size) != (w, h):

@@ -4,6 +4,11 @@ Each experiment in :mod:`vitviz_core.evaluate` returns a result object whose ``r
 which model (name, timm architecture, weights source), which data (folder, number of images,
 content fingerprint) and which settings (batch size, cut-offs, fills, seeds...) produced it,
 plus library versions and the wall-clock time. ``to_dict()`` gives plain JSON-able data.
+
+Unreadable files: ``finish()`` reports the files that passes over the record's dataset
+skipped (``vitviz_core.data.skipped_files``): ``data["n_files"]`` (files listed),
+``data["n_skipped"]`` and ``data["skipped_files"]`` (file names), and ``data["n_images"]``
+becomes the number of images actually used.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["ResultRecord", "model_info", "data_info", "dataset_fingerprint", "weights_fingerprint",
-           "jsonable"]
+__all__ = ["ResultRecord", "model_info", "data_info", "skip_info", "dataset_fingerprint",
+           "weights_fingerprint", "jsonable"]
 
 
 def jsonable(obj: Any) -> Any:
@@ -79,12 +84,17 @@ class ResultRecord:
             started=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         rec._t0 = time.perf_counter()  # type: ignore[attr-defined]
+        rec._dataset = data  # type: ignore[attr-defined]
         return rec
 
     def finish(self) -> "ResultRecord":
+        """Stamp the duration and the skipped-file counts of the record's dataset."""
         t0 = getattr(self, "_t0", None)
         if t0 is not None:
             self.duration_s = round(time.perf_counter() - t0, 3)
+        dataset = getattr(self, "_dataset", None)
+        if dataset is not None:
+            self.data.update(skip_info(dataset))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +124,7 @@ def data_info(dataset: Any) -> dict[str, Any]:
         info["n_images"] = len(dataset)
     except TypeError:
         pass
+    info.update(skip_info(dataset))
     root = getattr(dataset, "root", None)
     if root is not None:
         info["root"] = str(root)
@@ -121,6 +132,21 @@ def data_info(dataset: Any) -> dict[str, Any]:
     try:
         info["fingerprint"] = dataset_fingerprint(dataset)
     except ValueError:
+        pass
+    return info
+
+
+def skip_info(dataset: Any) -> dict[str, Any]:
+    """``n_files``, ``n_skipped``, ``skipped_files`` and ``n_images`` (files actually used)
+    of a dataset, from the unreadable files its passes met (``data.skipped_files``)."""
+    from vitviz_core.data import skipped_files
+
+    skipped = skipped_files(dataset)
+    info: dict[str, Any] = {"n_skipped": len(skipped), "skipped_files": [skipped[i] for i in sorted(skipped)]}
+    try:
+        info["n_files"] = len(dataset)
+        info["n_images"] = len(dataset) - len(skipped)
+    except TypeError:
         pass
     return info
 

@@ -250,6 +250,11 @@ class SweepResult:
     correct: dict[str, dict[str, dict[int, np.ndarray]]] = field(default_factory=dict)  # model -> variant -> k -> (N,)
     seconds: dict[str, float] = field(default_factory=dict)       # model / "variants" -> forward seconds
     variants: list[str] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)         # unreadable samples left out: index -> file
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
 
 
 def robustness_sweep(
@@ -343,7 +348,8 @@ def robustness_sweep(
         for m in correct:
             correct[m]["shuffle-g1"] = correct[m]["clean"]
     return SweepResult(labels=torch.cat(labels).numpy(), indices=torch.cat(indices).numpy(),
-                       correct=correct, seconds=seconds, variants=names)
+                       correct=correct, seconds=seconds, variants=names,
+                       skipped=dict(getattr(loader, "skipped", {}) or {}))
 
 
 def summarize_sweep(result: SweepResult, k: int = 1, n_boot: int = 1000, seed: int = 0) -> list[dict]:
