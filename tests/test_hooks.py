@@ -507,3 +507,51 @@ def test_probe_leaves_model_state_alone() -> None:
     assert cap.activations["stages.0.blocks.0.mlp.hook_post"].shape == (2, 64, 64)
     assert model.training
     assert_no_hooks(model)
+
+
+# ---------------------------------------------------------------------------- batch dim (issue 12 item 6)
+
+
+def test_mobilevit_folded_batch_is_an_unknown_layout_not_a_mislabel() -> None:
+    """MobileViT's transformer sees (B * patch_area, N, C): the batch is folded into dim 0."""
+    torch.manual_seed(0)
+    model = timm.create_model("mobilevit_xxs", pretrained=False, img_size=64).eval()
+    folded = "stages.2.1.transformer.0.mlp.fc1"
+    with pytest.raises(HookError, match=rf"{folded}.*unknown layout.*dim 0 is not the batch"):
+        resolve_hook(model, folded)
+    with pytest.raises(HookError, match="unknown layout"):
+        capture(model, [folded])
+    assert all("transformer" not in s.name for s in list_hooks(model, include_raw=True))
+    # the block around it has a batch dim and a known layout (NCHW): it works
+    spec = resolve_hook(model, "stages.2.1")
+    assert spec.layout == "NCHW" and spec.grid == tuple(s // 8 for s in default_input_size(model))
+    with capture(model, ["stages.2.1"]) as cap:
+        cap.forward(torch.rand(3, 3, 64, 64))
+    assert cap.activations["stages.2.1"].shape[0] == 3
+
+
+def test_mobilevit_objective_fails_clearly_not_raw() -> None:
+    from vitviz_core.optimize import optimize_features
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilevit_xxs", pretrained=False, img_size=64).eval()
+    with pytest.raises(HookError, match="unknown layout"):
+        optimize_features(model, "stages.2.1.transformer.0.mlp.fc1", [0], steps=2, input_size=64,
+                          progress=False)
+
+
+class _FixedFold(torch.nn.Module):
+    """Folds any batch into a fixed leading dim of 2: looks like (B, ...) only when B == 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(2, -1, x.shape[-1])
+
+
+def test_batch_dim_is_checked_at_capture_time() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), _FixedFold(), torch.nn.Identity()).eval()
+    assert resolve_hook(model, "1", input_size=8).layout == "NLC"  # the batch-2 probe cannot tell
+    with capture(model, ["1"]) as cap:
+        with pytest.raises(HookError, match=r"'1'.*first dim 2 for a batch of 3 images"):
+            cap.forward(torch.rand(3, 3, 8, 8))
+        cap.forward(torch.rand(2, 3, 8, 8))  # a batch of 2 still works
+    assert_no_hooks(model)

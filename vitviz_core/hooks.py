@@ -58,6 +58,10 @@ LAYOUTS = ("NLC", "NHWC", "NCHW", "BHLD", "BHLL", "NC")
 
 _CHANNELS_LAST_FAMILIES = {"swin"}
 _MAX_PREFIX_SEARCH = 16
+#: images in the probe forward pass: 2, so that a tensor whose first dim is not the batch
+#: (MobileViT folds the batch into its unfolded-patch dim; windowed attention into windows;
+#: a module returning a parameter has dim 0 = 1) is told apart from a per-image tensor.
+_PROBE_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -197,8 +201,8 @@ class _FusedAttnOff:
 
 
 def _run_probe(model: nn.Module, size: tuple[int, int]) -> _Probe:
-    """One forward pass on zeros (batch 1, eval mode, unfused attention) recording every
-    module's first input/output shape and the order in which hooks fire."""
+    """One forward pass on zeros (batch ``_PROBE_BATCH``, eval mode, unfused attention)
+    recording every module's first input/output shape and the order in which hooks fire."""
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}
     order: dict[tuple[str, str], int] = {}
     handles = []
@@ -229,7 +233,7 @@ def _run_probe(model: nn.Module, size: tuple[int, int]) -> _Probe:
             handles.append(mod.register_forward_pre_hook(make_pre(path), with_kwargs=True))
             handles.append(mod.register_forward_hook(make_post(path)))
         model.eval()
-        x = torch.zeros(1, 3, size[0], size[1], device=device, dtype=dtype)  # (1, 3, H, W)
+        x = torch.zeros(_PROBE_BATCH, 3, size[0], size[1], device=device, dtype=dtype)  # (2, 3, H, W)
         with torch.no_grad(), _FusedAttnOff(model):
             model(x)
     except Exception as e:
@@ -427,6 +431,8 @@ def _spec(model: nn.Module, info: _ModelInfo, t: Target, probe: _Probe) -> HookS
         if t.context_path is not None:
             ctx[t.context_path] = probe.shapes[(t.context_path, "input")]
         shape = tuple(apply_transform(t, torch.zeros(shape), model, ctx).shape)
+    if not shape or shape[0] != _PROBE_BATCH:
+        raise _batch_error(t.name, shape[0] if shape else None, _PROBE_BATCH, shape)
     desc = _describe(shape, t.layout, t.prefix, info, probe.input_size)
     if desc is None:
         raise HookError(f"hook {t.name!r}: activation shape {shape} has no supported layout "
@@ -437,6 +443,16 @@ def _spec(model: nn.Module, info: _ModelInfo, t: Target, probe: _Probe) -> HookS
                     hook_type=t.hook_type, shape=tuple(shape[1:]), description=t.description)
     info.specs[key] = spec
     return spec
+
+
+def _batch_error(name: str, first: int | None, batch: int, shape: tuple[int, ...]) -> HookError:
+    what = "a scalar" if first is None else f"first dim {first}"
+    return HookError(
+        f"hook {name!r}: unknown layout: its activation {tuple(shape)} has {what} for a batch of {batch} "
+        "images, so dim 0 is not the batch (it is folded into another dim, e.g. MobileViT's unfolded "
+        "patches or windowed attention, or the tensor is not per image); vitviz cannot tell the images "
+        "apart there: hook a module whose output is (batch, ...), e.g. the enclosing block"
+    )
 
 
 def _size(info: _ModelInfo, input_size: tuple[int, int] | int | None) -> tuple[int, int]:
@@ -531,6 +547,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
         self._context: dict[str, tuple[int, ...]] = {}
         self._fired: set[str] = set()
         self._active = False
+        self._batch: int | None = None  # images in the running forward (checked at capture)
 
     # -- hook functions ---------------------------------------------------------------------
     def _store(self, path: str, names: list[str], t: Tensor | None) -> None:
@@ -541,6 +558,8 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
                 continue
             target = self._targets[name]
             v = apply_transform(target, t, self.model, self._context) if target.transform else t
+            if self._batch is not None and (v.ndim == 0 or v.shape[0] != self._batch):
+                raise _batch_error(name, int(v.shape[0]) if v.ndim else None, self._batch, tuple(v.shape))
             v = v.detach().clone() if self.detach else v.clone()
             self.activations[name] = v
             self._fired.add(name)
@@ -616,10 +635,13 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
         self.activations = {}
         self._fired = set()
         self._context = {}
+        self._batch = int(x.shape[0]) if isinstance(x, Tensor) and x.ndim > 0 else None
         try:
             out = self.model(x)
         except _StopForward:
             out = None
+        finally:
+            self._batch = None
         missing = [n for n in self.names if n not in self.activations]
         if missing:
             why = (" (attention patterns need unfused attention: capture(..., unfused_attention=True))"
