@@ -81,7 +81,7 @@ def test_cached_computes_once_and_keys_on_settings_and_weights(cache):
 
 def test_cached_recomputes_a_corrupt_file(cache):
     se.cached("c", lambda: 1, settings={"a": 1})
-    (f,) = list((cache / "studies").glob("c-*.pkl"))
+    (f,) = list((cache / "studies").glob("c-*.npz"))
     f.write_bytes(b"not a pickle")
     assert se.cached("c", lambda: 2, settings={"a": 1}) == 2
 

@@ -18,8 +18,8 @@ two chapters need around them:
   correctness for paired ViT-minus-CNN differences (:func:`frequency_run`);
 - figures (they return a matplotlib Figure, never show or save).
 
-Cache files are pickles under ``config.cache_dir()/studies`` written by this package; only
-load caches you wrote yourself.
+Cache files are ``.npz`` archives (a JSON tree plus arrays, never pickle) under
+``config.cache_dir()/studies``: reading one cannot run code (see ``cache``).
 
 Modules: ``paper_numbers``, ``cache``, ``budget`` (image subsets and budgets),
 ``token_study`` (Sec. 4), ``spatial_maps`` (Fig. 6), ``foreground``, ``masking_study``
