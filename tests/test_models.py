@@ -219,7 +219,8 @@ def test_describe_builtin_models(isolated: Path, monkeypatch) -> None:
     (folder / "deit_small_patch16_224.fb_in1k.safetensors").write_bytes(b"x")
     monkeypatch.setenv("VITVIZ_WEIGHTS", str(folder))
     row = {r["name"]: r for r in models.describe_builtin_models()}["deit-s"]
-    assert row["available"] and row["source"].startswith("file: ") and row["how_to_get"] == ""
+    assert row["available"] and row["how_to_get"] == ""
+    assert row["source"] == "deit_small_patch16_224.fb_in1k.safetensors (local file)"  # no path: published
 
 
 # ---------------------------------------------------------------------------------------

@@ -477,7 +477,7 @@ class ImageFolderDataset(ImageListDataset):
             samples,
             transform=transform,
             on_error=on_error,
-            description=f"{root} ({len(samples)} images, {n_labels} labelled classes)",
+            description=f"{root.name} ({len(samples)} images, {n_labels} labelled classes)",  # no machine path
         )
 
     def _folder_labels(self, names: list[str]) -> list[int]:

@@ -785,7 +785,10 @@ def _load_model(name: str, weights: str | os.PathLike, device: str | torch.devic
 
 
 def describe_builtin_models() -> list[dict]:
-    """One row per built-in: name, arch, source, available, how_to_get, description."""
+    """One row per built-in: name, arch, source, available, how_to_get, description.
+
+    ``source`` names the weights as :func:`weights_label` does (file name and source kind,
+    never a path of this machine), so the table can be published."""
     rows = []
     for b in BUILTIN_MODELS.values():
         available, source = _builtin_available(b)
@@ -807,7 +810,7 @@ def describe_builtin_models() -> list[dict]:
             {
                 "name": b.name,
                 "arch": b.timm_name,
-                "source": source,
+                "source": weights_label(source),  # no machine paths: the book publishes this table
                 "available": bool(available),
                 "how_to_get": "" if available else how,
                 "description": b.description,
