@@ -181,3 +181,17 @@ def test_class_folder_linking_outside_the_root_is_a_class(tmp_path):
     (root / TABBY).symlink_to(store, target_is_directory=True)   # a subset assembled from links
     ds = ImageFolderDataset(root)
     assert [(p.name, label) for p, label in ds.samples] == [("a.JPEG", 0), ("b.JPEG", 281)]
+
+
+def test_foreground_maps_stay_aligned_over_bad_files(mixed, tmp_path, monkeypatch):
+    from vitviz_core.studies_eval.foreground import foreground_maps, saliency_boxes
+
+    monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
+    root, good, bad = mixed
+    ds = ImageFolderDataset(root, on_error="ignore")  # untransformed images at their own size
+    maps = foreground_maps(ds, lambda x: x[:, :1] * 0 + 0.9, batch_size=4, cache=False)
+    assert len(maps) == len(ds) == 9
+    for m, (path, _) in zip(maps, ds.samples):
+        assert m.shape == ((1, 1) if path.name in bad else (40, 40))
+    boxes, n_fallback = saliency_boxes(maps, ds.samples)
+    assert n_fallback == 0 and len(boxes) == 9

@@ -46,8 +46,15 @@ def foreground_maps(dataset: Any, fg_model: Any, batch_size: int = 16, cache: bo
                 out.extend((p[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
                 buf.clear()
 
+        from vitviz_core.data import Unreadable
+
         for i in tqdm(range(len(dataset)), desc="foreground", disable=not progress, leave=False):
-            x = dataset[i][0]  # (3, H, W)
+            item = dataset[i]
+            if isinstance(item, Unreadable):  # keeps maps aligned with dataset indices; the
+                flush()                       # image itself is dropped from every pass
+                out.append(np.zeros((1, 1), np.uint8))
+                continue
+            x = item[0]  # (3, H, W)
             if buf and (x.shape != buf[0].shape or len(buf) >= batch_size):
                 flush()
             buf.append(x)
@@ -79,7 +86,9 @@ def saliency_boxes(maps: Sequence[np.ndarray], samples: Sequence[tuple[Any, int]
     for m, (path, label) in zip(maps, samples):
         p = np.asarray(m, dtype=np.float32) / 255.0
         keep = p > threshold
-        if not keep.any():
+        if p.size <= 1:  # the stand-in map of an unreadable image (dropped from every pass)
+            keep = np.ones_like(keep)
+        elif not keep.any():
             n_fallback += 1
             keep = p >= fallback * max(float(p.max()), 1e-6)
         ys, xs = np.nonzero(keep)
