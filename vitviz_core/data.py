@@ -43,9 +43,10 @@ import logging
 import os
 import warnings
 import weakref
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -272,9 +273,13 @@ def find_dataset(name: str = DEFAULT_DATASET, root: str | os.PathLike | None = N
     raise DataError(f"dataset {name!r} not found (tried {tried}); {_DATA_HINT}")
 
 
-class Unreadable(NamedTuple):
+@dataclass(frozen=True)
+class Unreadable:
     """What ``ImageListDataset.__getitem__`` returns for a file it could not read (with
-    ``on_error`` "warn" or "ignore"): never collated, never counted (see :func:`collate_skipping`)."""
+    ``on_error`` "warn" or "ignore"): never collated, never counted (see :func:`collate_skipping`).
+
+    Deliberately not a tuple: code that batches it with torch's ``default_collate`` or unpacks
+    it as ``x, y, i`` fails at once instead of mixing it into a batch."""
 
     index: int  # the dataset index of the sample
     file: str   # the file's name (not its path: results are published)
