@@ -300,3 +300,34 @@ def test_unreachable_ray_address(toy_data, tmp_path, capsys):
     with pytest.raises(VitvizError, match="host:port"):
         from vitviz_core.atlas.executors import check_address
         check_address("nonsense")
+
+
+@pytest.mark.browser
+def test_site_in_headless_chromium(reference, tmp_path):
+    """Open the index, a layer grid and a neuron page in Chromium: every image decodes, the
+    links lead to the neighbour pages, and no script error occurs (the site has no script)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make browser`)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    job, out, _, _ = reference
+    pages = [out / "index.html", out / "layers" / "blocks.0.mlp.hook_post.html",
+             out / "neurons" / "blocks.1.mlp.hook_post" / "f00002.html"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        errors: list[str] = []
+        for path in pages:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("pageerror", lambda exc: errors.append(f"{exc}"))
+            page.goto(path.as_uri(), wait_until="load")
+            images = page.evaluate("() => Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+            assert images and all(images), f"{path.name}: an image did not load"
+            assert not errors
+            page.screenshot(path=str(tmp_path / f"{path.stem}.png"))
+            page.close()
+        page = browser.new_page()
+        page.goto(pages[2].as_uri())
+        page.click("text=#3 →")
+        assert page.url.endswith("blocks.1.mlp.hook_post/f00003.html")
+        browser.close()
