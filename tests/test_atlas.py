@@ -331,3 +331,17 @@ def test_site_in_headless_chromium(reference, tmp_path):
         page.click("text=#3 →")
         assert page.url.endswith("blocks.1.mlp.hook_post/f00003.html")
         browser.close()
+
+
+def test_chapter_figures_and_neuron_choice(reference):
+    from vitviz_core.atlas.figures import describe_neuron, neuron_figure, overview_figure, pick_neuron
+
+    job, out, report, _ = reference
+    n = pick_neuron(report.neurons, "blocks.1.mlp.hook_post", 2)
+    assert (n["hook"], n["feature"]) == ("blocks.1.mlp.hook_post", 2)
+    with pytest.raises(VitvizError, match="not in this atlas"):
+        pick_neuron(report.neurons, "blocks.1.mlp.hook_post", 99)
+    text = describe_neuron(n)
+    assert text.startswith("blocks.1.mlp.hook_post #2: exemplars ") and "ratio" in text
+    assert len(neuron_figure(n, out).axes) == 2 * (job.k + 1)
+    assert len([a for a in overview_figure(report.neurons, out).axes if a.images]) == 8

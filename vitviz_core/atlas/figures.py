@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from vitviz_core.atlas.scores import GRID_SCORE
 
-__all__ = ["overview_figure", "neuron_figure"]
+__all__ = ["overview_figure", "neuron_figure", "pick_neuron", "describe_neuron"]
 
 
 def _read(out: Path, rel: str) -> np.ndarray:
@@ -62,3 +62,24 @@ def neuron_figure(neuron: dict[str, Any], out: str | os.PathLike, cell_inches: f
     fig.suptitle(f"{neuron['hook']} #{neuron['feature']}", fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.84, bottom=0.01, wspace=0.05, hspace=0.35)
     return fig
+
+
+def pick_neuron(neurons: Sequence[dict[str, Any]], hook: str, feature: int) -> dict[str, Any]:
+    """The neuron ``(hook, feature)`` of a run (VitvizError naming the choices if absent)."""
+    from vitviz_core.errors import VitvizError
+
+    for n in neurons:
+        if n["hook"] == hook and n["feature"] == int(feature):
+            return n
+    raise VitvizError(f"neuron {hook} #{feature} is not in this atlas; it has "
+                      f"{', '.join(sorted({n['hook'] for n in neurons}))} with features "
+                      f"{sorted({n['feature'] for n in neurons})}")
+
+
+def describe_neuron(neuron: dict[str, Any]) -> str:
+    """One line: the classes of its exemplars, best first, and its scores."""
+    classes = ", ".join(e["class"] or e["file"].rsplit("/", 1)[-1] for e in neuron["exemplars"])
+    s = neuron["scores"]
+    ratio = "n/a" if s.get("activation_ratio") is None else f"{s['activation_ratio']:.2f}"
+    return (f"{neuron['hook']} #{neuron['feature']}: exemplars {classes}; visualization activation "
+            f"{s['vis_activation']:.2f}, exemplar mean {s['exemplar_mean']:.2f}, ratio {ratio}")
