@@ -345,3 +345,39 @@ def test_chapter_figures_and_neuron_choice(reference):
     assert text.startswith("blocks.1.mlp.hook_post #2: exemplars ") and "ratio" in text
     assert len(neuron_figure(n, out).axes) == 2 * (job.k + 1)
     assert len([a for a in overview_figure(report.neurons, out).axes if a.images]) == 8
+
+
+@pytest.mark.slow
+def test_cli_job_killed_with_sigkill_resumes(reference, toy_data, tmp_path):
+    """A real kill: the command is SIGKILLed as soon as its first task record exists; the
+    rerun finishes the job, and the store equals the uninterrupted one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job, _, _, digest = reference
+    out = tmp_path / "atlas"
+    args = [sys.executable, "-m", "vitviz_core", *cli(toy_data, out, "--hooks", "blocks.*.mlp.hook_post",
+                                                      "--features", "0-3")]
+    args[args.index("--steps") + 1] = "4"
+    args += ["--n-augment", "2", "--k", "4", "--chunk", "2", "--shard-size", "10", "--batch-size", "8"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("store/*/*/*/*.safetensors")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = {p.name for p in out.glob("store/*/**/*.safetensors") if p.parent.name != "merged"}
+    assert 1 <= len(first) < 11, f"the kill did not land mid-job ({len(first)} records)"
+    assert not (out / "index.html").exists()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("store/*/**/*.safetensors")}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{len(first)} already done" in done.stdout
+    for tmp in out.rglob("*.tmp"):
+        tmp.unlink()
+    assert store_digest(out) == digest
+    assert all(p.stat().st_mtime_ns == mtimes[p.name]  # finished records were not redone
+               for p in out.glob("store/*/**/*.safetensors") if p.name in mtimes)

@@ -40,6 +40,7 @@ def add_atlas_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=9, help="exemplars per neuron")
     p.add_argument("--chunk", type=int, default=8, help="features per visualization task")
     p.add_argument("--shard-size", type=int, default=256, help="images per exemplar task")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass in exemplar tasks")
     p.add_argument("--executor", default="local", choices=["local", "ray"])
     p.add_argument("--address", default=None, help="join this Ray cluster (host:port, ray://host:port, auto)")
     p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)")
@@ -80,7 +81,7 @@ def atlas_command(args: argparse.Namespace) -> int:
     job = plan_job(ModelSpec(args.model, args.weights, tuple(sorted(kwargs.items()))), args.hooks,
                    args.features, DataSpec(args.data, args.data_root, args.max_images), recipe=args.recipe,
                    steps=args.steps, n_augment=args.n_augment, seed=args.seed, k=args.k, chunk=args.chunk,
-                   shard_size=args.shard_size)
+                   shard_size=args.shard_size, batch_size=args.batch_size)
 
     # 3. run or resume
     report = run_atlas(job, out, executor=args.executor, device=device, address=args.address,
