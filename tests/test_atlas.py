@@ -321,7 +321,12 @@ def test_site_in_headless_chromium(reference, tmp_path):
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on("pageerror", lambda exc: errors.append(f"{exc}"))
             page.goto(path.as_uri(), wait_until="load")
-            images = page.evaluate("() => Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+            check = "() => Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
+            try:  # grid thumbnails load lazily (after the load event); all fit in this viewport
+                page.wait_for_function(f"() => ({check})().every(Boolean)", timeout=10_000)
+            except sync_api.TimeoutError:
+                pass
+            images = page.evaluate(check)
             assert images and all(images), f"{path.name}: an image did not load"
             assert not errors
             page.screenshot(path=str(tmp_path / f"{path.stem}.png"))
