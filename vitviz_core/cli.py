@@ -1,8 +1,9 @@
-"""Command line: ``python -m vitviz_core {models,hooks,render} ...``.
+"""Command line: ``python -m vitviz_core {models,hooks,render,atlas} ...``.
 
 - ``models``: the built-in models, where their weights come from, whether they are here.
 - ``hooks MODEL``: every hook name of a model with its layout, channels and grid.
 - ``render``: feature visualizations of one hook point, written as a labelled PNG grid.
+- ``atlas``: a neuron atlas (visualizations, exemplars, maps, a static site), local or on Ray.
 
 Bad input (a :class:`~vitviz_core.errors.VitvizError`) ends with a one-line ``error:``
 message and exit status 2, never a traceback.
@@ -87,7 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="grid.png", help="output PNG path")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_render)
+
+    _add_atlas_parser(sub)
     return parser
+
+
+def _add_atlas_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``atlas`` subcommand (arguments and code in :mod:`vitviz_core.atlas.command`)."""
+    from vitviz_core.atlas.command import add_atlas_arguments, atlas_command
+
+    p = sub.add_parser("atlas", help="build or resume a neuron atlas (local or Ray), with a static site")
+    add_atlas_arguments(p)
+    p.set_defaults(func=atlas_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
