@@ -382,3 +382,29 @@ def test_real_vit_ti16_level0_and_rollout():
     assert (d[1:] >= d[:-1] - 1e-4).all()  # tokens reach further with depth
     st = level0.filter_stats(w, std=vit.data_config["std"])
     assert sum(st.counts().values()) == 192
+
+
+def test_salient_components_and_object_pair_purity_known_answer():
+    """Two separate 2x3 object regions on a 4x8 grid; tokens of region A point one way, of
+    region B another: k-means on the two regions is pure (1.0) against chance 0.5."""
+    from vitviz_core.neurons import clustering as cl
+
+    obj = torch.zeros(4, 8, dtype=torch.bool)
+    obj[1:3, 0:3] = True          # region A, 6 patches
+    obj[1:3, 5:8] = True          # region B, 6 patches
+    obj[0, 4] = True              # a single patch: below min_patches
+    comp = cl.salient_components(obj.flatten(), (4, 8), min_patches=2)
+    assert sorted(set(comp.tolist())) == [-1, 0, 1]
+    assert (comp == 0).sum() == 6 and (comp == 1).sum() == 6 and comp[4] == -1
+    tok = torch.zeros(1, 32, 3)
+    tok[0, :, 2] = 1.0
+    tok[0, torch.as_tensor(comp == 0), 0] = 5.0
+    tok[0, torch.as_tensor(comp == 1), 1] = 5.0
+    scores = cl.object_pair_scores({"l": tok}, obj.flatten()[None], (4, 8), min_patches=2)
+    assert len(scores) == 1 and scores[0].purity == 1.0 and scores[0].baseline == 0.5
+    # one region only: the image is skipped
+    one = torch.zeros(1, 32, dtype=torch.bool)
+    one[0, :6] = True
+    assert cl.object_pair_scores({"l": tok}, one, (4, 8), min_patches=2) == []
+    with pytest.raises(VitvizError):
+        cl.salient_components(obj.flatten(), (5, 5))

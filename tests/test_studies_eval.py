@@ -433,3 +433,26 @@ def test_class_span_known_answer():
         class_span(np.array([1, 2]), [0, 1])
     with pytest.raises(VitvizError):
         class_span(labels, [0, 1], groups={0: "a"})
+
+
+def test_class_span_run_on_a_tiny_vit(tmp_path, cache):
+    """End to end on a random tiny ViT over a labelled toy folder: one row of k labels per
+    feature, labels taken from the folder, chance from its class counts (2 x 3 images)."""
+    from PIL import Image
+
+    from vitviz_core.data import ImageFolderDataset
+    from vitviz_core.studies_eval.concept_span import class_span_run
+
+    root = tmp_path / "toy"
+    for c, wnid in enumerate(("n01440764", "n01443537")):
+        (root / wnid).mkdir(parents=True)
+        for i in range(3):
+            arr = np.full((40, 40, 3), 40 + 150 * c, np.uint8)
+            arr[i, i] = 7
+            Image.fromarray(arr).save(root / wnid / f"{wnid}_{i}.png")
+    lm = FakeLoaded(tiny_vit(depth=2))
+    data = ImageFolderDataset(root, transform=lm.eval_transform())
+    span = class_span_run(lm, "blocks.1.mlp.hook_post", data, k=3, batch_size=4, n_boot=50)
+    assert span.labels.shape == (128, 3) and set(np.unique(span.labels)) <= {0, 1}
+    assert span.chance == pytest.approx(2 * 3 * 2 / (6 * 5))
+    assert ((span.distinct >= 1) & (span.distinct <= 2)).all()

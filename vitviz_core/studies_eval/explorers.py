@@ -63,6 +63,13 @@ def prediction_figure(panels: Sequence[Mapping[str, Any]], cell_inches: float = 
     return fig
 
 
+def _controls(children: list) -> Any:
+    """A row of controls that wraps onto a second line instead of overflowing its box."""
+    import ipywidgets as w
+
+    return w.HBox(children, layout=w.Layout(flex_flow="row wrap", width="100%", max_width="100%"))
+
+
 def _explorer_box(children: list) -> Any:
     import ipywidgets as w
 
@@ -72,7 +79,7 @@ def _explorer_box(children: list) -> Any:
         def __repr__(self) -> str:
             return "[interactive explorer: open this chapter in Jupyter to change the selection]"
 
-    return ExplorerBox(children)
+    return ExplorerBox(children, layout=w.Layout(width="100%", max_width="100%", overflow="hidden"))
 
 
 class TokenMixingExplorer:
@@ -135,7 +142,7 @@ class TokenMixingExplorer:
                 display(self.render(idx.value, layer.value))
 
         button.on_click(on_click)
-        return _explorer_box([w.HBox([idx, layer, button]), out])
+        return _explorer_box([_controls([idx, layer, button]), out])
 
 
 class MaskingExplorer:
@@ -196,4 +203,4 @@ class MaskingExplorer:
                 display(self.render(idx.value, fill.value, cut.value))
 
         button.on_click(on_click)
-        return _explorer_box([w.HBox([idx, fill, cut, button]), out])
+        return _explorer_box([_controls([idx, fill, cut, button]), out])
