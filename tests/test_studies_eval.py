@@ -408,7 +408,11 @@ def test_mixing_comparison_known_answer():
     assert cmp.paper_isolate == 78.61 and cmp.patches_need_cls is True
     swapped = se.mixing_comparison(res, {"cls_blind": {11: {1: lo}}, "patches_blind": {11: {1: hi}}}, n_boot=200)
     assert swapped.patches_need_cls is False
+    assert cmp.isolation_cause == "patches" and swapped.isolation_cause == "cls"
+    same = se.mixing_comparison(res, {"cls_blind": {11: {1: lo}}, "patches_blind": {11: {1: lo}}}, n_boot=200)
+    assert same.isolation_cause == "unresolved"
     assert se.mixing_comparison(res).patches_need_cls is None
+    assert se.mixing_comparison(res).isolation_cause is None
     res.correct = {}
     with pytest.raises(VitvizError):
         se.mixing_comparison(res)

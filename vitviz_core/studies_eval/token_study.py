@@ -308,6 +308,19 @@ class MixingComparison:
             return None
         return bool(self.patches_blind.high < self.cls_blind.low)
 
+    @property
+    def isolation_cause(self) -> str | None:
+        """Which one-way cut costs more at ``layer`` (95 % intervals apart): ``"patches"``
+        (the patches losing CLS), ``"cls"`` (CLS not reading the patches before ``layer``),
+        ``"unresolved"`` (intervals overlap) or None without one-way cuts."""
+        if self.cls_blind is None or self.patches_blind is None:
+            return None
+        if self.patches_blind.high < self.cls_blind.low:
+            return "patches"
+        if self.cls_blind.high < self.patches_blind.low:
+            return "cls"
+        return "unresolved"
+
 
 def mixing_comparison(sweep: Any, one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]] | None = None,
                       *, layer: int | None = None, n_boot: int = 1000,
