@@ -146,7 +146,8 @@ def test_token_mixing_runs_share_one_pass_for_equal_data(cache):
     assert list(frame["paper ViT-B/16 top-1 %"]) == ["84.20", "78.61", "75.75", "80.16"]
     sweep = se.sweep_frame(s2)
     assert list(sweep["L"]) == [0, 1, 2]
-    assert sweep.iloc[2, -1] == "82.98"  # the paper's value at L = 2
+    assert sweep.iloc[2, -2] == "82.98"  # the paper's CLS-join value at L = 2
+    assert sweep.iloc[2, -1] == "0.16"  # the paper's patch-drop value at L = 2
     ow = se.one_way_run(lm, other, {"cls_blind": [1], "patches_blind": [1]}, batch_size=4, n_boot=50)
     assert set(ow) == {"cls_blind", "patches_blind"} and isinstance(ow["cls_blind"][1][1], Estimate)
     assert "both directions cut (paper)" in se.one_way_frame(s2, ow).columns
