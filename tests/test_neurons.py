@@ -340,6 +340,7 @@ def test_plot_helpers_return_figures():
         pn.filters_figure(w, st.labels),
         pn.filter_stats_figure(st),
         pn.probe_figure([probe, probe]),
+        pn.probe_figure([probe, probe], ["a", "b"], extra=[("cnn stem", probe)]),
         pn.propagation_figure(img, torch.randn(2, 3, 16, 16), ["b0", "b1"], heat=torch.rand(2, 4, 4)),
         pn.purity_figure(pur_rows),
         pn.embeddings_figure([rng.normal(size=(8, 2))] * 2, np.arange(8) % 2, ["a", "b"]),
