@@ -6,7 +6,9 @@
 - ``masking``:   Table 2 analogue: full / foreground-only / background-only top-1 and top-5
                  and top-5 normalised by the full-image top-5, for ViT-Ti/16 and
                  EfficientNet-Lite0, foreground from the img-focus saliency model.
-- ``frequency``: Fig. 16 analogue: top-1/top-5 versus radial low-pass cut-off, both models.
+- ``frequency``: Fig. 16 analogue: top-1 versus radial low-pass cut-off, both models, with the
+                 paired difference — the same function, images and settings as the book page
+                 (``studies_eval.frequency_run``, cached), so the README shows the page's result.
 - ``probe``:     DINOv2 ViT-S/14 with a linear probe fitted on imagenet-sample-1000 and
                  evaluated on imagenet-val-1300 (plus its token-mixing table).
 
@@ -14,7 +16,7 @@ Every number is printed with its 95 % bootstrap interval; the full results (with
 weights, data and settings that produced them) are written as JSON to ``--out``.
 
     python benchmarks/paper_tables.py --parts token,masking,frequency
-    python benchmarks/paper_tables.py --parts frequency --images 300 --cutoffs 2,8,32,inf
+    python benchmarks/paper_tables.py --parts frequency --kinds low,gaussian,high
 """
 
 from __future__ import annotations
@@ -93,22 +95,36 @@ def run_masking(args, out: dict) -> None:
 
 
 def run_frequency(args, out: dict) -> None:
-    from vitviz_core.evaluate.frequency import frequency_sweep
+    """Fig. 16 through the book page's own computation (``studies_eval.frequency_run`` on the
+    same image subset, cut-offs and settings as ``book/vit_vs_cnn.md`` on the cpu profile), so
+    the README and the page show one result; it is cached, so after the page ran this prints
+    the page's numbers at once."""
+    from vitviz_core import studies_eval as se
     from vitviz_core.models import load_model
+    from vitviz_core.profiles import get_profile
 
-    cut = [math.inf if c.strip() == "inf" else float(c) for c in args.cutoffs.split(",")]
-    out["frequency"] = {}
+    prof = get_profile("cpu")
+    n = args.freq_images if args.freq_images is not None else se.images_for(None, prof, "frequency")
+    parse = lambda text: [math.inf if c.strip() == "inf" else float(c) for c in text.split(",")]  # noqa: E731
+    low = parse(args.cutoffs) if args.cutoffs else se.cutoffs_for(None, prof, "low")
+    kinds = args.kinds.split(",")
+    high = se.cutoffs_for(None, prof, "high") if "high" in kinds else []
+    gauss = se.cutoffs_for(None, prof, "gaussian") if "gaussian" in kinds else []
+    studies = []
     for name in (args.vit, args.cnn):
-        lm = load_model(name)
-        res = frequency_sweep(lm, cutoffs=cut, kinds=tuple(args.kinds.split(",")), data_name=args.data,
-                              max_images=args.images, batch_size=args.batch_size, n_boot=args.n_boot,
-                              progress=not args.quiet)
-        print(f"\n== Fig. 16 analogue: {lm.name}, radial filters (cycles per image); "
-              f"{res.record.duration_s:.0f}s; natural top-1 {_p(res.natural_top1)}")
-        for kind in res.kinds:
-            for c, e1, e5 in zip(res.cutoffs, res.top1[kind], res.top5[kind]):
-                print(f"  {kind}-pass {c:>5g}: top-1 {_p(e1):>24s}  top-5 {_p(e5):>24s}")
-        out["frequency"][lm.name] = res.to_dict()
+        lm = se.prefer_channels_last(load_model(name))
+        data = se.eval_subset(args.data, n, lm.pixel_transform())
+        t0 = time.perf_counter()
+        studies.append(se.frequency_run(lm, data, low=low, high=high, gaussian=gauss,
+                                        batch_size=prof.batch_size, n_boot=prof.bootstrap,
+                                        progress=not args.quiet))
+        print(f"[{lm.name}: {len(data)} images of {args.data}; {time.perf_counter() - t0:.0f}s]")
+    out["frequency"] = {"n_images": len(data), "profile": prof.name}
+    for kind in ["low"] + [k for k in ("gaussian", "high") if k in kinds]:
+        frame = se.frequency_frame(studies[0], studies[1], kind, n_boot=prof.bootstrap)
+        print(f"\n== Fig. 16 analogue ({kind}), {len(data)} images, top-1 % [95% CI], paired difference:")
+        print(frame.to_string(index=False))
+        out["frequency"][kind] = frame.to_dict(orient="records")
 
 
 def run_probe(args, out: dict) -> None:
@@ -158,8 +174,10 @@ def main() -> None:
     ap.add_argument("--fills", default="black")
     ap.add_argument("--mask-modes", default="box")
     ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--cutoffs", default="1,2,4,8,16,32,64,inf")
-    ap.add_argument("--kinds", default="low")
+    ap.add_argument("--cutoffs", default=None, help="low-pass cut-offs (default: the book's cpu profile)")
+    ap.add_argument("--kinds", default="low", help="low and any of gaussian,high")
+    ap.add_argument("--freq-images", type=int, default=None,
+                    help="images for the frequency part (default: the book's cpu profile, 400)")
     ap.add_argument("--views", type=int, default=1)
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--probe-token-mixing", action="store_true")

@@ -340,6 +340,7 @@ def test_plot_helpers_return_figures():
         pn.filters_figure(w, st.labels),
         pn.filter_stats_figure(st),
         pn.probe_figure([probe, probe]),
+        pn.probe_figure([probe, probe], ["a", "b"], extra=[("cnn stem", probe)]),
         pn.propagation_figure(img, torch.randn(2, 3, 16, 16), ["b0", "b1"], heat=torch.rand(2, 4, 4)),
         pn.purity_figure(pur_rows),
         pn.embeddings_figure([rng.normal(size=(8, 2))] * 2, np.arange(8) % 2, ["a", "b"]),
@@ -382,3 +383,29 @@ def test_real_vit_ti16_level0_and_rollout():
     assert (d[1:] >= d[:-1] - 1e-4).all()  # tokens reach further with depth
     st = level0.filter_stats(w, std=vit.data_config["std"])
     assert sum(st.counts().values()) == 192
+
+
+def test_salient_components_and_object_pair_purity_known_answer():
+    """Two separate 2x3 object regions on a 4x8 grid; tokens of region A point one way, of
+    region B another: k-means on the two regions is pure (1.0) against chance 0.5."""
+    from vitviz_core.neurons import clustering as cl
+
+    obj = torch.zeros(4, 8, dtype=torch.bool)
+    obj[1:3, 0:3] = True          # region A, 6 patches
+    obj[1:3, 5:8] = True          # region B, 6 patches
+    obj[0, 4] = True              # a single patch: below min_patches
+    comp = cl.salient_components(obj.flatten(), (4, 8), min_patches=2)
+    assert sorted(set(comp.tolist())) == [-1, 0, 1]
+    assert (comp == 0).sum() == 6 and (comp == 1).sum() == 6 and comp[4] == -1
+    tok = torch.zeros(1, 32, 3)
+    tok[0, :, 2] = 1.0
+    tok[0, torch.as_tensor(comp == 0), 0] = 5.0
+    tok[0, torch.as_tensor(comp == 1), 1] = 5.0
+    scores = cl.object_pair_scores({"l": tok}, obj.flatten()[None], (4, 8), min_patches=2)
+    assert len(scores) == 1 and scores[0].purity == 1.0 and scores[0].baseline == 0.5
+    # one region only: the image is skipped
+    one = torch.zeros(1, 32, dtype=torch.bool)
+    one[0, :6] = True
+    assert cl.object_pair_scores({"l": tok}, one, (4, 8), min_patches=2) == []
+    with pytest.raises(VitvizError):
+        cl.salient_components(obj.flatten(), (5, 5))

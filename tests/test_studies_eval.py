@@ -146,7 +146,8 @@ def test_token_mixing_runs_share_one_pass_for_equal_data(cache):
     assert list(frame["paper ViT-B/16 top-1 %"]) == ["84.20", "78.61", "75.75", "80.16"]
     sweep = se.sweep_frame(s2)
     assert list(sweep["L"]) == [0, 1, 2]
-    assert sweep.iloc[2, -1] == "82.98"  # the paper's value at L = 2
+    assert sweep.iloc[2, -2] == "82.98"  # the paper's CLS-join value at L = 2
+    assert sweep.iloc[2, -1] == "0.16"  # the paper's patch-drop value at L = 2
     ow = se.one_way_run(lm, other, {"cls_blind": [1], "patches_blind": [1]}, batch_size=4, n_boot=50)
     assert set(ow) == {"cls_blind", "patches_blind"} and isinstance(ow["cls_blind"][1][1], Estimate)
     assert "both directions cut (paper)" in se.one_way_frame(s2, ow).columns
@@ -263,7 +264,10 @@ def test_frequency_run_appends_unfiltered_and_pairs(cache):
     x = images(8)
     y = torch.ones(8, dtype=torch.long)  # bright images: class 1
     data = Indexed(x, y)
-    st = se.frequency_run(lm, data, low=(1, 4), high=(2,), batch_size=4, n_boot=50)
+    st = se.frequency_run(lm, data, low=(1, 4), high=(2,), gaussian=(1, 4), batch_size=4, n_boot=50)
+    assert st.results["gaussian"].cutoffs == [1.0, 4.0, math.inf]
+    assert list(se.frequency_frame(st, st, "gaussian", n_boot=50).iloc[:, 0]) == ["1", "4", "none (unfiltered)"]
+    assert isinstance(se.frequency_figure([st], "gaussian"), Figure)
     low, high = st.results["low"], st.results["high"]
     assert low.cutoffs[-1] == math.inf and len(low.top1["low"]) == 3
     assert low.top1["low"][-1] == low.natural_top1
@@ -286,13 +290,34 @@ def test_frames_put_the_paper_beside_ours():
                       top5={c: e for c in ("full", "foreground", "background")},
                       normalized_top5={"foreground": e, "background": e})
     t2 = se.table2_frame({"toy": r})
-    assert list(t2.columns) == ["%", "toy (ours)", "ViT-B/32 (paper)", "ViT-B/16 (paper)", "ResNet-50 (paper)"]
+    assert list(t2.columns) == ["%", "toy (ours)", "ViT-B/32 (paper)", "ViT-B/16 (paper)", "ResNet-50 (paper)",
+                                "MobileNetV2 (paper)"]
     assert list(t2["ViT-B/16 (paper)"])[-2:] == ["95.64", "31.59"]
+    # the full-image column of the released logs (top-1, top-5) and the MobileNetV2 row
+    assert list(t2["ViT-B/16 (paper)"])[:2] == ["92.37", "99.22"]
+    assert list(t2["MobileNetV2 (paper)"])[-1] == "15.94"
     assert t2["toy (ours)"].iloc[-1] == "50.0 [40.0, 60.0]"
     fills = se.fills_frame({"black": {"toy": r}, "mean": {"toy": r}})
     assert list(fills["fill"]) == ["black", "mean"]
     html = se.styled(t2).to_html()
     assert "padding" in html
+
+
+def test_paper_numbers_reproduce_the_printed_tables():
+    """Known answers: the normalised Table 2 derived from the released logs equals the numbers
+    the paper prints, and the released sweeps agree with Table 1 where they overlap."""
+    from vitviz_core.studies_eval import paper_numbers as pn
+
+    assert pn.PAPER_TABLE2["ViT-B/32"] == (93.91, 28.10)
+    assert pn.PAPER_TABLE2["ViT-B/16"] == (95.64, 31.59)
+    assert pn.PAPER_TABLE2["ResNet-50"] == (89.69, 18.69)
+    assert pn.PAPER_TABLE2["MobileNetV2"][1] == 15.94
+    t1 = pn.PAPER_TABLE1
+    assert pn.PAPER_DROP_SWEEP[12] == pn.PAPER_CLS_SWEEP[0] == t1["natural"][0]  # both = the normal pass
+    assert pn.PAPER_CLS_SWEEP[11] == t1["isolate"][0]
+    assert (pn.PAPER_DROP_SWEEP[10], pn.PAPER_DROP_SWEEP[11]) == (36.85, 71.24)
+    drops = [pn.PAPER_DROP_SWEEP[v] for v in range(6, 13)]
+    assert drops == sorted(drops)  # more blocks with the patches never hurt in the logs
 
 
 # ----------------------------------------------------------------------------- misc
@@ -363,3 +388,76 @@ def test_masking_run_known_answers_and_paired_difference(tmp_path, monkeypatch, 
     assert d.value == d.low == d.high == -1.0
     with pytest.raises(VitvizError):
         se.masking_run([strict], boxes, data_name="toyset", fill="plaid")
+
+
+def test_mixing_comparison_known_answer():
+    """natural all correct, 4 of 10 wrong once the last block cannot read the patches:
+    the last block adds 0.4; the paper's log gives 84.20 - 71.24 = 12.96 points."""
+    from vitviz_core.evaluate.token_mixing import TokenMixingResult
+
+    nat = np.ones(10, bool)
+    drop = np.array([1] * 6 + [0] * 4, bool)
+    e = lambda a: Estimate(float(a.mean()), float(a.mean()), float(a.mean()), a.size, "bootstrap")  # noqa: E731
+    res = TokenMixingResult(depth=12, natural={1: e(nat)}, drop={11: {1: e(drop)}},
+                            isolate={11: {1: e(np.zeros(10))}},
+                            correct={"natural": {1: nat}, "drop@11": {1: drop}})
+    lo, hi = Estimate(0.02, 0.01, 0.03, 10, "b"), Estimate(0.7, 0.6, 0.8, 10, "b")
+    cmp = se.mixing_comparison(res, {"cls_blind": {11: {1: hi}}, "patches_blind": {11: {1: lo}}}, n_boot=200)
+    assert cmp.layer == 11 and cmp.last_gain.value == pytest.approx(0.4)
+    assert cmp.last_gain.low > 0 and cmp.globalization_holds
+    assert cmp.paper_last_gain == pytest.approx(84.20 - 71.24)
+    assert cmp.paper_isolate == 78.61 and cmp.patches_need_cls is True
+    swapped = se.mixing_comparison(res, {"cls_blind": {11: {1: lo}}, "patches_blind": {11: {1: hi}}}, n_boot=200)
+    assert swapped.patches_need_cls is False
+    assert cmp.isolation_cause == "patches" and swapped.isolation_cause == "cls"
+    same = se.mixing_comparison(res, {"cls_blind": {11: {1: lo}}, "patches_blind": {11: {1: lo}}}, n_boot=200)
+    assert same.isolation_cause == "unresolved"
+    assert se.mixing_comparison(res).patches_need_cls is None
+    assert se.mixing_comparison(res).isolation_cause is None
+    res.correct = {}
+    with pytest.raises(VitvizError):
+        se.mixing_comparison(res)
+
+
+def test_class_span_known_answer():
+    """Feature 0: all five exemplars of class 3 (1 class, every pair the same); feature 1:
+    five classes (no pair the same); pool of 4 classes x 2 images: chance = 4*2 / (8*7)."""
+    from vitviz_core.studies_eval.concept_span import chance_same_pair, class_span
+
+    assert chance_same_pair([0, 0, 1, 1, 2, 2, 3, 3]) == pytest.approx(8 / 56)
+    labels = np.array([[3, 3, 3, 3, 3], [0, 1, 2, 3, 4]])
+    span = class_span(labels, [0, 0, 1, 1, 2, 2, 3, 3], groups={0: "a", 1: "a", 2: "b", 3: "b", 4: "c"},
+                      n_boot=100)
+    assert list(span.distinct) == [1, 5] and list(span.same_pair) == [1.0, 0.0]
+    assert list(span.distinct_groups) == [1, 3]
+    assert span.summary["distinct"].value == 3.0 and span.summary["same_pair"].value == 0.5
+    assert span.ratio_to_chance.value == pytest.approx(0.5 / (8 / 56))
+    # 2 of the 10 pairs of [1, 1, 2, 2, 5] share a class
+    assert class_span(np.array([[1, 1, 2, 2, 5]]), [0, 1], n_boot=10).same_pair[0] == pytest.approx(0.2)
+    with pytest.raises(VitvizError):
+        class_span(np.array([1, 2]), [0, 1])
+    with pytest.raises(VitvizError):
+        class_span(labels, [0, 1], groups={0: "a"})
+
+
+def test_class_span_run_on_a_tiny_vit(tmp_path, cache):
+    """End to end on a random tiny ViT over a labelled toy folder: one row of k labels per
+    feature, labels taken from the folder, chance from its class counts (2 x 3 images)."""
+    from PIL import Image
+
+    from vitviz_core.data import ImageFolderDataset
+    from vitviz_core.studies_eval.concept_span import class_span_run
+
+    root = tmp_path / "toy"
+    for c, wnid in enumerate(("n01440764", "n01443537")):
+        (root / wnid).mkdir(parents=True)
+        for i in range(3):
+            arr = np.full((40, 40, 3), 40 + 150 * c, np.uint8)
+            arr[i, i] = 7
+            Image.fromarray(arr).save(root / wnid / f"{wnid}_{i}.png")
+    lm = FakeLoaded(tiny_vit(depth=2))
+    data = ImageFolderDataset(root, transform=lm.eval_transform())
+    span = class_span_run(lm, "blocks.1.mlp.hook_post", data, k=3, batch_size=4, n_boot=50)
+    assert span.labels.shape == (128, 3) and set(np.unique(span.labels)) <= {0, 1}
+    assert span.chance == pytest.approx(2 * 3 * 2 / (6 * 5))
+    assert ((span.distinct >= 1) & (span.distinct <= 2)).all()

@@ -124,21 +124,33 @@ def filter_stats_figure(stats: Any) -> Figure:
 
 
 def probe_figure(results: Sequence[Any], names: Sequence[str] | None = None, *,
-                 title: str | None = None) -> Figure:
+                 title: str | None = None, extra: Sequence[tuple[str, Any]] = ()) -> Figure:
     """Top-1 (and top-5) linear-probe accuracy per feature with 95 % intervals.
 
     Args:
-        results: :class:`~vitviz_core.neurons.level0.ProbeResult` in depth order.
+        results: :class:`~vitviz_core.neurons.level0.ProbeResult` in depth order (joined by lines).
+        extra: ``(label, ProbeResult)`` of another model (e.g. a CNN's first layer), drawn as
+            unconnected squares right of a dashed separator.
     """
-    fig = Figure(figsize=(max(4.0, 0.55 * len(results) + 2), 3.4))
+    n = len(results) + len(extra)
+    fig = Figure(figsize=(max(4.0, 0.55 * n + 2), 3.4))
     ax = fig.subplots()
     x = np.arange(len(results))
+    xe = np.arange(len(results), n) + 0.5
     for key, col in (("top1", "tab:blue"), ("top5", "tab:orange")):
-        est = [getattr(r, key) for r in results]
-        v = np.array([100 * e.value for e in est])
-        err = np.array([[100 * (e.value - e.low) for e in est], [100 * (e.high - e.value) for e in est]])
-        ax.errorbar(x, v, yerr=err, marker="o", capsize=3, color=col, label=key.replace("top", "top-"))
-    ax.set_xticks(x, names or [r.feature for r in results], rotation=45, ha="right", fontsize=8)
+        for xs, rs, style in ((x, list(results), dict(marker="o")),
+                              (xe, [r for _, r in extra], dict(marker="s", ls="none"))):
+            if not rs:
+                continue
+            est = [getattr(r, key) for r in rs]
+            v = np.array([100 * e.value for e in est])
+            err = np.array([[100 * (e.value - e.low) for e in est], [100 * (e.high - e.value) for e in est]])
+            ax.errorbar(xs, v, yerr=err, capsize=3, color=col,
+                        label=key.replace("top", "top-") if style["marker"] == "o" else None, **style)
+    if extra:
+        ax.axvline(len(results) - 0.25, color="0.6", ls="--", lw=1)
+    labels = list(names or [r.feature for r in results]) + [lab for lab, _ in extra]
+    ax.set_xticks(np.concatenate([x, xe]), labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(bottom=0)
     ax.legend(frameon=False)

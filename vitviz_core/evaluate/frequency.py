@@ -11,6 +11,17 @@ has radius ``sqrt(fy^2 + fx^2)``.
 - ``high_pass(x, c)`` keeps radius ``> c`` (the exact complement: ``low + high = x``);
   with ``keep_dc=True`` (default) the mean colour is added back so the image stays
   centred where the original was; ``high_pass(x, 0, keep_dc=True) == x``.
+
+Two filter shapes (``window``):
+
+- ``"ideal"`` (default): a hard 0/1 cut at the radius. Sharp in frequency, so it rings in
+  space (halos parallel to edges).
+- ``"gaussian"``: the smooth gain ``2 ** -((r / c) ** 2)`` — 1 at the mean colour, exactly
+  1/2 at the cut-off radius ``c``, falling off smoothly (no ringing: a Gaussian's inverse
+  transform is positive). Its high-pass is the complement ``x - low_pass(x)`` (+ mean).
+
+Which shape the paper's Fig. 16 used is not stated in the text we could check, and the
+authors' released code does not implement the experiment; the chapters show both.
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.records import ResultRecord
 from vitviz_core.evaluate.stats import Estimate, accuracy_with_ci
 
-__all__ = ["radial_frequency", "max_radius", "frequency_mask", "low_pass", "high_pass",
+__all__ = ["radial_frequency", "max_radius", "frequency_mask", "frequency_gain", "low_pass", "high_pass",
+           "WINDOWS",
            "FrequencyResult", "frequency_sweep", "DEFAULT_CUTOFFS"]
 
 #: Default cut-offs (cycles per image) of the sweep; ``inf`` = unfiltered.
@@ -58,27 +70,54 @@ def frequency_mask(h: int, w: int, cutoff: float, kind: str = "low",
     raise VitvizError(f"unknown filter kind {kind!r}: use 'low' or 'high'")
 
 
-def _filter(x: Tensor, cutoff: float, kind: str) -> Tensor:
+#: Filter shapes: ``ideal`` (hard cut) and ``gaussian`` (gain 1/2 at the cut-off).
+WINDOWS: tuple[str, ...] = ("ideal", "gaussian")
+
+
+def frequency_gain(h: int, w: int, cutoff: float, kind: str = "low", window: str = "ideal",
+                   device: torch.device | str | None = None) -> Tensor:
+    """Real gain on the rfft2 grid ``(H, W//2+1)``: the ideal 0/1 mask, or the Gaussian
+    ``2 ** -((r / cutoff) ** 2)`` (low) and ``1 - that`` (high)."""
+    if window == "ideal":
+        return frequency_mask(h, w, cutoff, kind, device).float()
+    if window != "gaussian":
+        raise VitvizError(f"unknown filter window {window!r}: use one of {WINDOWS}")
+    if kind not in ("low", "high"):
+        raise VitvizError(f"unknown filter kind {kind!r}: use 'low' or 'high'")
+    r = radial_frequency(h, w, device)  # (H, W//2+1)
+    if cutoff <= 0:
+        low = (r == 0).float()
+    elif math.isinf(cutoff):
+        low = torch.ones_like(r)
+    else:
+        low = torch.exp2(-(r / cutoff) ** 2)
+    return low if kind == "low" else 1.0 - low
+
+
+def _filter(x: Tensor, cutoff: float, kind: str, window: str = "ideal") -> Tensor:
     if x.dim() < 2:
         raise VitvizError(f"frequency filters need an image tensor (..., H, W), got shape {tuple(x.shape)}")
     if cutoff != cutoff:  # NaN
         raise VitvizError("frequency cut-off is NaN")
     h, w = x.shape[-2:]
+    gain = frequency_gain(h, w, cutoff, kind, window, device=x.device)  # (H, W//2+1)
     spec = torch.fft.rfft2(x.float())  # (..., H, W//2+1) complex
-    mask = frequency_mask(h, w, cutoff, kind, device=x.device)  # (H, W//2+1)
-    out = torch.fft.irfft2(spec * mask, s=(h, w))  # (..., H, W)
+    out = torch.fft.irfft2(spec * gain, s=(h, w))  # (..., H, W)
     return out.to(x.dtype)
 
 
-def low_pass(x: Tensor, cutoff: float, clamp: bool = False) -> Tensor:
-    """Radial low-pass of images ``(..., H, W)`` (e.g. ``(B, 3, H, W)`` in [0, 1])."""
-    out = _filter(x, cutoff, "low")
+def low_pass(x: Tensor, cutoff: float, clamp: bool = False, window: str = "ideal") -> Tensor:
+    """Radial low-pass of images ``(..., H, W)`` (e.g. ``(B, 3, H, W)`` in [0, 1]);
+    ``window`` = ``"ideal"`` or ``"gaussian"`` (see the module docstring)."""
+    out = _filter(x, cutoff, "low", window)
     return out.clamp(0, 1) if clamp else out
 
 
-def high_pass(x: Tensor, cutoff: float, keep_dc: bool = True, clamp: bool = False) -> Tensor:
-    """Radial high-pass (radius > cutoff); ``keep_dc`` adds the per-channel mean back."""
-    out = _filter(x, cutoff, "high")
+def high_pass(x: Tensor, cutoff: float, keep_dc: bool = True, clamp: bool = False,
+              window: str = "ideal") -> Tensor:
+    """Radial high-pass (radius > cutoff, or the Gaussian complement); ``keep_dc`` adds the
+    per-channel mean back."""
+    out = _filter(x, cutoff, "high", window)
     if keep_dc and cutoff >= 0:
         out = out + x.float().mean(dim=(-2, -1), keepdim=True).to(out.dtype)
     return out.clamp(0, 1) if clamp else out

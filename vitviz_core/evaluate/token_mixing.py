@@ -194,6 +194,9 @@ class TokenMixingResult:
     best_position: tuple[int, int] | None = None                              # (row, col) in the grid
     patch_map: dict[int, np.ndarray] = field(default_factory=dict)            # k -> (H, W) accuracy
     record: ResultRecord | None = None
+    #: per-image top-k correctness for paired comparisons: "natural" / "isolate@L" / "drop@L"
+    #: -> k -> (N,) bool (not part of ``to_dict``)
+    correct: dict[str, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({
@@ -287,6 +290,8 @@ def token_mixing_experiment(
                    for layer, d in sorted(cat["isolate"].items())}
     res.drop = {layer: {k: accuracy_with_ci(v, **ci) for k, v in d.items()}
                 for layer, d in sorted(cat["drop"].items())}
+    res.correct = {"natural": cat["natural"][0]}
+    res.correct.update({f"{kind}@{layer}": d for kind in ("isolate", "drop") for layer, d in cat[kind].items()})
     if patch_head:
         hits = {k: torch.cat(v).numpy().astype(np.float64) for k, v in patch_hits.items()}  # (N_img, N)
         n_tok = hits[1].shape[1]

@@ -11,6 +11,12 @@ k-means) and the clusters are scored against an object mask on the patch grid:
   object and background tokens are, independent of any clustering algorithm), and of the
   predicted clusters.
 
+Object versus object (:func:`object_pair_scores`): on images whose object mask has two
+separate connected regions on the patch grid (:func:`salient_components`), the patches of the
+two largest regions are clustered into two groups and scored against which region they
+belong to. Two regions of a saliency mask are a proxy for two objects: they can also be two
+visible parts of one object.
+
 Object masks never come from hand-typed lists: they are foreground-model probabilities
 (:func:`vitviz_core.models.load_foreground_model`) or ILSVRC boxes
 (:func:`vitviz_core.data.boxes_to_mask`), reduced to the patch grid by
@@ -40,6 +46,8 @@ __all__ = [
     "layer_cluster_scores",
     "summarize_scores",
     "embed_2d",
+    "salient_components",
+    "object_pair_scores",
 ]
 
 
@@ -309,3 +317,51 @@ def embed_2d(tokens: np.ndarray | Tensor, method: str = "pca", seed: int = 0,
         perp = min(perplexity, max(2.0, (x.shape[0] - 1) / 3))
         return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(x)
     raise VitvizError(f"unknown embedding {method!r}: use 'pca' or 'tsne'")
+
+
+def salient_components(patch_object: Tensor | np.ndarray, grid: tuple[int, int],
+                       min_patches: int = 4) -> np.ndarray:
+    """Connected object regions (4-neighbourhood) of one image's patch labels ``(P,)``:
+    ``(P,)`` int, ``-1`` for background and for regions smaller than ``min_patches``, else
+    the region's rank by size (0 = largest)."""
+    from scipy import ndimage
+
+    obj = np.asarray(patch_object.cpu() if isinstance(patch_object, Tensor) else patch_object).astype(bool)
+    if obj.size != grid[0] * grid[1]:
+        raise VitvizError(f"{obj.size} patch labels do not fit a {grid[0]}x{grid[1]} grid")
+    lab, n = ndimage.label(obj.reshape(grid))  # (gh, gw), regions 1..n
+    lab = lab.reshape(-1)
+    sizes = np.bincount(lab, minlength=n + 1)[1:]  # (n,)
+    order = [int(r) + 1 for r in np.argsort(-sizes, kind="stable") if sizes[r] >= min_patches]
+    out = np.full(obj.size, -1, dtype=np.int64)
+    for rank, region in enumerate(order):
+        out[lab == region] = rank
+    return out
+
+
+def object_pair_scores(tokens: dict[str, Tensor], patch_object: Tensor, grid: tuple[int, int], *,
+                       min_patches: int = 4, normalize: str = "l2", seed: int = 0,
+                       threads: int | None = 1) -> list[ClusterScore]:
+    """Object-vs-object clustering: for every image with at least two object regions of
+    ``min_patches`` patches (:func:`salient_components`), k-means (k = 2) on the patch tokens
+    of its two largest regions at every layer, scored against the region labels (purity,
+    chance = the larger region's share, ARI, silhouettes). ``tokens``: ``{layer: (B, P, C)}``;
+    ``patch_object``: ``(B, P)`` bool. One :class:`ClusterScore` per (image, layer)."""
+    from threadpoolctl import threadpool_limits
+
+    lab = patch_object.detach().cpu()
+    scores: list[ClusterScore] = []
+    with threadpool_limits(limits=threads):
+        for b in range(lab.shape[0]):
+            comp = salient_components(lab[b], grid, min_patches)  # (P,)
+            keep = comp >= 0
+            keep &= comp <= 1
+            if comp.max() < 1:
+                continue
+            t = comp[keep]  # (P',) 0 / 1
+            for name, tok in tokens.items():
+                x = tok[b].detach().cpu().numpy()[keep]  # (P', C)
+                pred = cluster_tokens(x, method="kmeans", n_clusters=2, normalize=normalize, seed=seed)
+                scores.append(score_clustering(x, t, pred, layer=name, method="kmeans-objects",
+                                               normalize=normalize))
+    return scores

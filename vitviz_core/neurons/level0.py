@@ -42,6 +42,7 @@ __all__ = [
     "pooled_token_features",
     "ProbeResult",
     "linear_probe",
+    "probe_hooks",
 ]
 
 
@@ -422,3 +423,23 @@ def linear_probe(
         top5=accuracy_with_ci(c5, n_boot=n_boot, seed=seed),
         n_train=int(len(train_x)), n_test=int(len(test_x)), n_train_classes=int(len(classes)),
         seconds=time.perf_counter() - t0, correct1=c1)
+
+
+def probe_hooks(
+    model: Any, train_batches: Iterable, test_batches: Iterable, hook_names: Sequence[str], *,
+    C: float = 0.1, max_iter: int = 300, n_boot: int = 1000, seed: int = 0, progress: bool = False,
+) -> list[ProbeResult]:
+    """:func:`linear_probe` on the mean-pooled tokens (ViT) or feature maps (CNN) of each of
+    ``hook_names``, features taken in one pass per split: one :class:`ProbeResult` per hook.
+
+    The same call serves a ViT's level-0 tokens (``hook_embed``, the patch embedding) and a
+    CNN's stem output (``hook_embed`` of an EfficientNet: stem convolution + BN + activation),
+    so the two arms of the level-0 comparison use one probe.
+    """
+    from threadpoolctl import threadpool_limits
+
+    tr_x, tr_y = pooled_token_features(model, train_batches, hook_names, progress=progress, desc="train features")
+    te_x, te_y = pooled_token_features(model, test_batches, hook_names, progress=progress, desc="test features")
+    with threadpool_limits(limits=1):  # small problems: one BLAS thread is several times faster
+        return [linear_probe(tr_x[n], tr_y, te_x[n], te_y, feature=n, C=C, max_iter=max_iter,
+                             n_boot=n_boot, seed=seed) for n in hook_names]

@@ -7,7 +7,7 @@ two chapters need around them:
 - an on-disk cache (:func:`cached`) keyed by the models' weights, the data, the settings and
   the source code of the evaluation modules, so a re-executed chapter returns at once;
 - the paper's reference numbers (:data:`PAPER_TABLE1`, :data:`PAPER_CLS_SWEEP`,
-  :data:`PAPER_TABLE2`) and tables that put ours (with 95 % CIs) beside them;
+  :data:`PAPER_DROP_SWEEP`, :data:`PAPER_TABLE2`, :data:`PAPER_MASKING_LOGS`) and tables that put ours (with 95 % CIs) beside them;
 - foreground maps from the img-focus saliency model computed **once** per image at the
   image's own size and reused by every model (:func:`foreground_maps`), as boxes for the
   Table 2 analogue (:func:`saliency_boxes`) or mapped into a model's view
@@ -70,6 +70,8 @@ from vitviz_core.studies_eval.masking_study import (
 )
 from vitviz_core.studies_eval.paper_numbers import (
     PAPER_CLS_SWEEP,
+    PAPER_DROP_SWEEP,
+    PAPER_MASKING_LOGS,
     PAPER_TABLE1,
     PAPER_TABLE2,
 )
@@ -83,7 +85,9 @@ from vitviz_core.studies_eval.spatial_maps import (
 )
 from vitviz_core.studies_eval.token_study import (
     ONE_WAY,
+    MixingComparison,
     fit_probe_run,
+    mixing_comparison,
     one_way_frame,
     one_way_logits,
     one_way_run,
@@ -97,6 +101,8 @@ __all__ = [
     'PAPER_TABLE1',
     'PAPER_CLS_SWEEP',
     'PAPER_TABLE2',
+    'PAPER_DROP_SWEEP',
+    'PAPER_MASKING_LOGS',
     'cached',
     'cache_key',
     'prefer_channels_last',
@@ -107,6 +113,8 @@ __all__ = [
     'eval_subset',
     'token_mixing_runs',
     'ONE_WAY',
+    'MixingComparison',
+    'mixing_comparison',
     'one_way_logits',
     'one_way_run',
     'one_way_frame',

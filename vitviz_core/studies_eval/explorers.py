@@ -33,11 +33,16 @@ def _top_text(logits: Tensor, label: int, n: int = 3) -> str:
 
 
 def prediction_figure(panels: Sequence[Mapping[str, Any]], cell_inches: float = 2.4,
-                      fontsize: float = 7.5) -> Figure:
-    """A row of panels. Each is a dict with ``title`` and either ``image`` ((3, H, W) in
-    [0, 1], optional ``map`` (h, w) overlaid) or ``text`` (monospace lines)."""
-    fig = Figure(figsize=(len(panels) * cell_inches, cell_inches + 0.9))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+                      fontsize: float = 7.5, cols: int | None = None) -> Figure:
+    """Panels in rows of ``cols`` (default: one row). Each is a dict with ``title`` and either
+    ``image`` ((3, H, W) in [0, 1], optional ``map`` (h, w) overlaid) or ``text`` (monospace
+    lines)."""
+    ncol = max(1, min(int(cols or len(panels)), len(panels)))
+    nrow = -(-len(panels) // ncol)
+    fig = Figure(figsize=(ncol * cell_inches, nrow * (cell_inches + 0.35) + 0.55))
+    axes = fig.subplots(nrow, ncol, squeeze=False).reshape(-1)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
     for ax, p in zip(axes, panels):
         ax.set_axis_off()
         if p.get("image") is not None:
@@ -51,8 +56,18 @@ def prediction_figure(panels: Sequence[Mapping[str, Any]], cell_inches: float = 
             ax.text(0.0, 1.0, p["text"], family="monospace", fontsize=fontsize - 0.5, va="top", ha="left",
                     transform=ax.transAxes)
         ax.set_title(p.get("title", ""), fontsize=fontsize)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.02, wspace=0.06)
+    if nrow == 1:
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.02, wspace=0.06)
+    else:
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.94, bottom=0.01, wspace=0.06, hspace=0.15)
     return fig
+
+
+def _controls(children: list) -> Any:
+    """A row of controls that wraps onto a second line instead of overflowing its box."""
+    import ipywidgets as w
+
+    return w.HBox(children, layout=w.Layout(flex_flow="row wrap", width="100%", max_width="100%"))
 
 
 def _explorer_box(children: list) -> Any:
@@ -64,7 +79,7 @@ def _explorer_box(children: list) -> Any:
         def __repr__(self) -> str:
             return "[interactive explorer: open this chapter in Jupyter to change the selection]"
 
-    return ExplorerBox(children)
+    return ExplorerBox(children, layout=w.Layout(width="100%", max_width="100%", overflow="hidden"))
 
 
 class TokenMixingExplorer:
@@ -127,7 +142,7 @@ class TokenMixingExplorer:
                 display(self.render(idx.value, layer.value))
 
         button.on_click(on_click)
-        return _explorer_box([w.HBox([idx, layer, button]), out])
+        return _explorer_box([_controls([idx, layer, button]), out])
 
 
 class MaskingExplorer:
@@ -188,4 +203,4 @@ class MaskingExplorer:
                 display(self.render(idx.value, fill.value, cut.value))
 
         button.on_click(on_click)
-        return _explorer_box([w.HBox([idx, fill, cut, button]), out])
+        return _explorer_box([_controls([idx, fill, cut, button]), out])

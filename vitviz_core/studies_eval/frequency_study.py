@@ -16,6 +16,11 @@ from vitviz_core.studies_eval.budget import _pct
 from vitviz_core.studies_eval.cache import cached
 
 
+#: How the tables and figures name each kind of filter.
+KIND_LABELS: dict[str, str] = {"low": "low-pass", "high": "high-pass",
+                               "gaussian": "Gaussian low-pass (gain 1/2 at)"}
+
+
 @dataclass
 class FrequencyStudy:
     """Low-/high-pass accuracy of one model, with per-image correctness kept."""
@@ -26,14 +31,17 @@ class FrequencyStudy:
 
 
 def frequency_run(model: Any, dataset: Any, *, low: Sequence[float] = (4, 8, 16, 32, 64),
-                  high: Sequence[float] = (8, 32), batch_size: int = 32, n_boot: int = 1000,
+                  high: Sequence[float] = (8, 32), gaussian: Sequence[float] = (),
+                  batch_size: int = 32, n_boot: int = 1000,
                   cache: bool = True, progress: bool = False) -> FrequencyStudy:
     """Radial low-pass and high-pass accuracy versus cut-off (cycles per image), each kind
     with its own cut-offs, every image decoded once; cached.
 
     ``dataset`` yields ``(x01, label, index)`` in the model's pixel view. The unfiltered
-    accuracy is appended to the low-pass curve as cut-off ``inf`` (for a high-pass the
-    unfiltered image is cut-off 0; it stays in ``natural_top1``).
+    accuracy is appended to the low-pass curves as cut-off ``inf`` (for a high-pass the
+    unfiltered image is cut-off 0; it stays in ``natural_top1``). ``gaussian`` gives the
+    cut-offs of a Gaussian low-pass (gain 1/2 at the cut-off; kind ``"gaussian"``) run beside
+    the ideal one (kind ``"low"``).
     """
     from vitviz_core.evaluate.common import evaluate_variants, make_loader
     from vitviz_core.evaluate.frequency import FrequencyResult, high_pass, low_pass
@@ -41,6 +49,8 @@ def frequency_run(model: Any, dataset: Any, *, low: Sequence[float] = (4, 8, 16,
     from vitviz_core.evaluate.stats import accuracy_with_ci
 
     cuts = {"low": [float(c) for c in low], "high": [float(c) for c in high]}
+    if gaussian:
+        cuts["gaussian"] = [float(c) for c in gaussian]
 
     def variants(x: Tensor, *_: Any) -> dict[str, Tensor]:
         out = {"natural": x}
@@ -48,6 +58,8 @@ def frequency_run(model: Any, dataset: Any, *, low: Sequence[float] = (4, 8, 16,
             out[f"low@{c:g}"] = low_pass(x, c)
         for c in cuts["high"]:
             out[f"high@{c:g}"] = high_pass(x, c)
+        for c in cuts.get("gaussian", []):
+            out[f"gaussian@{c:g}"] = low_pass(x, c, window="gaussian")
         return out
 
     def compute() -> FrequencyStudy:
@@ -63,7 +75,7 @@ def frequency_run(model: Any, dataset: Any, *, low: Sequence[float] = (4, 8, 16,
         for kind, cs in cuts.items():
             if not cs:
                 continue
-            tail = [math.inf] if kind == "low" else []  # a low-pass at cut-off inf is the unfiltered image
+            tail = [math.inf] if kind in ("low", "gaussian") else []  # a low-pass at cut-off inf is the unfiltered image
             res = FrequencyResult(cutoffs=cs + tail, kinds=[kind], natural_top1=nat[1],
                                   natural_top5=nat[5], record=record)
             for k, store in ((1, res.top1), (5, res.top5)):
@@ -73,8 +85,9 @@ def frequency_run(model: Any, dataset: Any, *, low: Sequence[float] = (4, 8, 16,
         return FrequencyStudy(model=getattr(model, "name", type(model).__name__), results=results,
                               correct=corr.correct)
 
-    return cached("frequency", compute, models=[model], data=dataset, enabled=cache,
-                  settings={"cuts": cuts, "batch_size": batch_size, "n_boot": n_boot})
+    settings: dict[str, Any] = {"cuts": cuts, "batch_size": batch_size, "n_boot": n_boot}
+
+    return cached("frequency", compute, models=[model], data=dataset, enabled=cache, settings=settings)
 
 
 def difference_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Estimate:
@@ -101,7 +114,7 @@ def frequency_frame(a: FrequencyStudy, b: FrequencyStudy, kind: str = "low", k: 
         else:
             est_a, est_b = (ra.natural_top1, rb.natural_top1) if k == 1 else (ra.natural_top5, rb.natural_top5)
         d = difference_ci(a.correct[key][k], b.correct[key][k], n_boot=n_boot)
-        rows.append({f"{kind}-pass cut-off": f"{c:g}" if math.isfinite(c) else "none (unfiltered)",
+        rows.append({f"{KIND_LABELS.get(kind, kind)} cut-off": f"{c:g}" if math.isfinite(c) else "none (unfiltered)",
                      f"{a.model} top-{k} %": _pct(est_a), f"{b.model} top-{k} %": _pct(est_b),
                      "difference (points)": f"{100 * d.value:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"})
     return pd.DataFrame(rows)
@@ -113,7 +126,7 @@ def frequency_figure(studies: Sequence[FrequencyStudy], kind: str = "low", k: in
     from vitviz_core.plot_eval import frequency_curves
 
     results = {st.model: st.results[kind] for st in studies}
-    fig = frequency_curves(results, kind, k)
+    fig = frequency_curves(results, kind, k, xlabel=f"{KIND_LABELS.get(kind, kind)} cut-off (cycles per image)")
     if kind == "high":  # the unfiltered image is cut-off 0: draw it as a line in each model's colour
         ax = fig.axes[0]
         for st, line in zip(studies, ax.get_lines()):

@@ -15,7 +15,7 @@ from torch import Tensor
 from vitviz_core.evaluate.stats import Estimate, bootstrap_ci, ratio_with_ci
 from vitviz_core.studies_eval.budget import _num, _pct, eval_subset
 from vitviz_core.studies_eval.cache import cached
-from vitviz_core.studies_eval.paper_numbers import PAPER_TABLE2
+from vitviz_core.studies_eval.paper_numbers import PAPER_MASKING_LOGS, PAPER_TABLE2
 
 
 @dataclass
@@ -126,10 +126,12 @@ def fills_frame(results: Mapping[str, Mapping[str, Any]]) -> Any:
 
 
 def table2_frame(results: Mapping[str, Any], paper: Mapping[str, tuple[float, float]] | None = PAPER_TABLE2,
-                 labels: Mapping[str, str] | None = None) -> Any:
+                 labels: Mapping[str, str] | None = None,
+                 paper_logs: Mapping[str, Mapping[str, tuple[float, float]]] | None = PAPER_MASKING_LOGS) -> Any:
     """Table 2 analogue, one column per model: full / foreground-only / background-only top-1
-    and top-5 and the normalised top-5 (ours with 95 % CIs), then the paper's models
-    (normalised top-5 only; "–" where the paper gives no number)."""
+    and top-5 and the normalised top-5 (ours with 95 % CIs), then the paper's models: the
+    normalised top-5 of ``paper`` and, where ``paper_logs`` has the model, the top-1/top-5 of
+    the authors' released logs (the full-image column included; "–" where neither has a number)."""
     import pandas as pd
 
     metrics = [("full image: top-1", "top1", "full"), ("full image: top-5", "top5", "full"),
@@ -142,5 +144,8 @@ def table2_frame(results: Mapping[str, Any], paper: Mapping[str, tuple[float, fl
         col = f"{(labels or {}).get(name, name)} (ours)"
         table[col] = [_pct(getattr(r, attr).get(cond)) for _, attr, cond in metrics]
     for name, (fg, bg) in (paper or {}).items():
-        table[f"{name} (paper)"] = ["–"] * 6 + [_num(fg), _num(bg)]
+        logs = (paper_logs or {}).get(name, {})
+        raw = [_num(logs[cond][0 if attr == "top1" else 1]) if cond in logs else "–"
+               for _, attr, cond in metrics[:6]]
+        table[f"{name} (paper)"] = raw + [_num(fg), _num(bg)]
     return pd.DataFrame(table)

@@ -3,6 +3,7 @@ the DINOv2 probe, and the tables and figures that put them beside the paper."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ from vitviz_core.errors import DataError, VitvizError
 from vitviz_core.evaluate.stats import Estimate
 from vitviz_core.studies_eval.budget import _num, _pct, eval_subset
 from vitviz_core.studies_eval.cache import cached
-from vitviz_core.studies_eval.paper_numbers import PAPER_CLS_SWEEP, PAPER_TABLE1
+from vitviz_core.studies_eval.paper_numbers import PAPER_CLS_SWEEP, PAPER_DROP_SWEEP, PAPER_TABLE1
 
 
 def token_mixing_runs(model: Any, dataset_table: Any, dataset_sweep: Any, *, probe: Any = None,
@@ -207,9 +208,10 @@ def table1_frame(result: Any, paper: Mapping[str, Any] | None = PAPER_TABLE1,
 
 
 def sweep_frame(result: Any, paper: Mapping[int, float | None] | None = PAPER_CLS_SWEEP,
-                paper_model: str = "ViT-B/16") -> Any:
+                paper_model: str = "ViT-B/16",
+                paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP) -> Any:
     """One row per layer ``L``: CLS-join and patch-drop top-1 (ours, CIs) and the paper's
-    CLS-join top-1."""
+    released CLS-join and patch-drop top-1."""
     import pandas as pd
 
     layers = sorted(set(result.isolate) | set(result.drop))
@@ -220,16 +222,19 @@ def sweep_frame(result: Any, paper: Mapping[int, float | None] | None = PAPER_CL
                "patches dropped from block L: top-1 % [95% CI]": _pct(result.drop.get(v, {}).get(1))}
         if paper is not None:
             row[f"paper {paper_model}, CLS joins at L: top-1 %"] = _num(paper.get(v))
+        if paper_drop is not None:
+            row[f"paper {paper_model}, patches dropped from L: top-1 %"] = _num(paper_drop.get(v))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def sweep_figure(result: Any, paper: Mapping[int, float | None] | None = PAPER_CLS_SWEEP,
                  paper_model: str = "ViT-B/16", k: int = 1, title: str | None = None,
-                 one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]] | None = None) -> Figure:
+                 one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]] | None = None,
+                 paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP) -> Figure:
     """The join/drop sweeps with 95 % CI bands (``plot_eval.join_layer_curves``), the
     one-way "CLS cannot see the patches" points with CI bars, and the paper's released
-    CLS-join values as grey markers."""
+    CLS-join (grey squares) and patch-drop (grey triangles) values."""
     from vitviz_core.plot_eval import join_layer_curves
 
     fig = join_layer_curves(result, k=k, title=title, size=(6.4, 3.8))
@@ -246,6 +251,10 @@ def sweep_figure(result: Any, paper: Mapping[int, float | None] | None = PAPER_C
         pts = sorted((v, y) for v, y in paper.items() if y is not None and v <= result.depth)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], ls=":", marker="s", ms=4, color="0.45",
                 label=f"paper {paper_model}, CLS joins at L (released logs)")
+    if paper_drop is not None and k == 1:
+        pts = sorted((v, y) for v, y in paper_drop.items() if y is not None and v <= result.depth)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", marker="^", ms=5, color="0.25",
+                label=f"paper {paper_model}, patches dropped from L (released logs)")
     for t in ax.texts:  # the "natural" label of plot_eval: below its line, clear of the markers
         t.set_x(result.depth / 2)
         t.set_verticalalignment("top")
@@ -255,3 +264,88 @@ def sweep_figure(result: Any, paper: Mapping[int, float | None] | None = PAPER_C
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
+
+
+@dataclass
+class MixingComparison:
+    """What the patch-drop sweep and the one-way cuts say, ours beside the paper's logs.
+
+    ``last_gain``: natural minus patches-dropped-before-the-last-block top-1 (paired, CI):
+    what the last block's reading of the patches adds. ``drop_last_share``: that dropped
+    accuracy as a fraction of natural. The one-way fields are the top-1 with CLS isolated
+    both ways, with only CLS blinded and with only the patches blinded, all at the last
+    block ``layer``. Fractions, not percent; the paper's values are percent from its logs.
+    """
+
+    layer: int
+    natural: Estimate
+    drop_last: Estimate
+    last_gain: Estimate
+    paper_natural: float | None
+    paper_drop_last: float | None
+    isolate: Estimate | None = None
+    cls_blind: Estimate | None = None
+    patches_blind: Estimate | None = None
+    paper_isolate: float | None = None
+
+    @property
+    def paper_last_gain(self) -> float | None:
+        """Points the paper's model loses when the last block cannot read the patches."""
+        if self.paper_natural is None or self.paper_drop_last is None:
+            return None
+        return self.paper_natural - self.paper_drop_last
+
+    @property
+    def globalization_holds(self) -> bool:
+        """True when our last-block gain is above zero (CI excludes 0) and the paper's is positive."""
+        return bool(self.last_gain.low > 0 and (self.paper_last_gain or 0) > 0)
+
+    @property
+    def patches_need_cls(self) -> bool | None:
+        """True when blinding only the patches to CLS costs more than blinding only CLS to
+        the patches (95 % intervals do not overlap); None without one-way cuts."""
+        if self.cls_blind is None or self.patches_blind is None:
+            return None
+        return bool(self.patches_blind.high < self.cls_blind.low)
+
+    @property
+    def isolation_cause(self) -> str | None:
+        """Which one-way cut costs more at ``layer`` (95 % intervals apart): ``"patches"``
+        (the patches losing CLS), ``"cls"`` (CLS not reading the patches before ``layer``),
+        ``"unresolved"`` (intervals overlap) or None without one-way cuts."""
+        if self.cls_blind is None or self.patches_blind is None:
+            return None
+        if self.patches_blind.high < self.cls_blind.low:
+            return "patches"
+        if self.cls_blind.high < self.patches_blind.low:
+            return "cls"
+        return "unresolved"
+
+
+def mixing_comparison(sweep: Any, one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]] | None = None,
+                      *, layer: int | None = None, n_boot: int = 1000,
+                      paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP,
+                      paper_cls: Mapping[int, float | None] | None = PAPER_CLS_SWEEP) -> MixingComparison:
+    """Compare the last-block patch-drop loss of ``sweep`` (a TokenMixingResult with per-image
+    ``correct`` and ``drop`` at ``layer``, default ``depth - 1``) with the paper's released
+    ViT-B/16 sweep, and (with ``one_way``) the two one-way cuts at ``layer``."""
+    from vitviz_core.studies_eval.frequency_study import difference_ci
+
+    depth = sweep.depth
+    v = depth - 1 if layer is None else int(layer)
+    if v not in sweep.drop:
+        raise VitvizError(f"the sweep has no patch-drop result at L = {v}: run it with drop layers including {v}")
+    key = f"drop@{v}"
+    if "natural" not in sweep.correct or key not in sweep.correct:
+        raise VitvizError("the sweep keeps no per-image correctness: re-run token_mixing_experiment")
+    gain = difference_ci(sweep.correct["natural"][1], sweep.correct[key][1], n_boot=n_boot)
+    # the paper's L counts blocks of its 12-block ViT-B/16: compare at the same distance from the end
+    pl = 12 - (depth - v)
+    cut = one_way or {}
+    return MixingComparison(
+        layer=v, natural=sweep.natural[1], drop_last=sweep.drop[v][1], last_gain=gain,
+        paper_natural=(paper_drop or {}).get(12), paper_drop_last=(paper_drop or {}).get(pl),
+        isolate=sweep.isolate.get(v, {}).get(1),
+        cls_blind=cut.get("cls_blind", {}).get(v, {}).get(1),
+        patches_blind=cut.get("patches_blind", {}).get(v, {}).get(1),
+        paper_isolate=(paper_cls or {}).get(pl))
