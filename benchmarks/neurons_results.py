@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from vitviz_core.evaluate.common import SkippingLoader, make_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,9 +53,9 @@ def timed(name: str):
     print(f"  [{name}: {TIMINGS[name]:.1f} s]", flush=True)
 
 
-def loader(name: str, transform, max_images: int | None, batch_size: int, workers: int) -> DataLoader:
+def loader(name: str, transform, max_images: int | None, batch_size: int, workers: int) -> SkippingLoader:
     ds = vdata.ImageFolderDataset(vdata.find_dataset(name), transform=transform, max_images=max_images)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return make_loader(ds, batch_size=batch_size, num_workers=workers)
 
 
 def pixels(m):
