@@ -7,6 +7,11 @@ is bounded by ``k x channels x grid`` per hook and statistic whatever the datase
 batch is merged into the running top-k with :func:`torch.topk`, and only the entries that
 enter the top-k are copied. The forward pass stops after the deepest requested hook.
 
+Order is exact and deterministic: entries rank by score (descending), ties by dataset index
+(ascending), through one int64 key per entry (:func:`rank_keys`). So the top-k does not depend
+on batch size or on how the data were split: shards searched apart and combined with
+:meth:`TopKState.merge` give the top-k of the whole (shards must hold disjoint indices).
+
 Results are cached in ``config.cache_dir()/exemplars/<key>.pt``, keyed by the model (name,
 architecture, weights source and a hash of every parameter), the data (file list with sizes
 and mtimes, or tensor bytes, plus the transform), the hook names, ``k`` and the statistics,
@@ -31,7 +36,7 @@ from vitviz_core.evaluate.records import (ResultRecord, dataset_fingerprint,
                                           model_info, weights_fingerprint)
 
 __all__ = ["FeatureTopK", "ExemplarResult", "TopKState", "update_states", "score_maps", "find_exemplars",
-           "exemplar_cache_key", "activation_maps", "STATISTICS"]
+           "exemplar_cache_key", "activation_maps", "rank_keys", "STATISTICS"]
 
 STATISTICS = ("mean", "max")
 _CACHE_VERSION = 1
@@ -44,6 +49,19 @@ def score_maps(maps: Tensor, stat: str) -> Tensor:
     if stat == "max":
         return maps.float().amax(dim=(2, 3))
     raise VitvizError(f"unknown statistic {stat!r}: use one of {STATISTICS}")
+
+
+def rank_keys(values: Tensor, ids: Tensor) -> Tensor:
+    """int64 keys that order entries by (value descending, id ascending): a larger key ranks
+    higher, and distinct ids never tie, so ``topk`` on the keys is exact and deterministic.
+
+    ``values`` float (NaN must already be mapped to -inf); ``ids`` int64 in ``[-1, 2**32 - 2]``
+    broadcastable to ``values`` (-1 = empty slot, ranks below every real entry)."""
+    v = values.float() + 0.0  # -0.0 -> +0.0 (so both zeros share one key)
+    bits = v.view(torch.int32)
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone float -> int32
+    low = torch.where(ids >= 0, 0xFFFFFFFE - ids, torch.zeros_like(ids))  # smaller id -> larger
+    return (bits.long() << 32) + low
 
 
 @dataclass
@@ -91,21 +109,21 @@ class TopKState:
         ids = ids.to(self.indices.device)
         first = self.seen == 0
         self.seen += b
+        keys = rank_keys(scores, ids[:, None])  # (B, C)
         if first and b >= k:  # empty state: the batch's own top-k fills every slot
-            vals, row = scores.topk(k, dim=0)  # (k, C)
-            self.values.copy_(vals)
+            row = keys.topk(k, dim=0).indices  # (k, C)
+            self.values.copy_(scores.gather(0, row))
             self.indices.copy_(ids[row])
             slot = torch.arange(k, device=row.device)[:, None].expand(k, c).reshape(-1)
             ch = torch.arange(c, device=row.device)[None, :].expand(k, c).reshape(-1)
             return slot, row.reshape(-1), ch
         # Only channels where some image beats the current k-th best can change.
-        active = (scores > self.values.amin(dim=0)[None, :]).any(dim=0)  # (C,)
+        cur = rank_keys(self.values, self.indices)                   # (k, C)
+        active = (keys > cur.amin(dim=0)[None, :]).any(dim=0)        # (C,)
         cols = active.nonzero().squeeze(1)  # (A,)
         if cols.numel() == 0:
             return None
-        sub_vals = self.values[:, cols]                              # (k, A)
-        sub_scores = scores[:, cols]                                 # (B, A)
-        cat = torch.cat([sub_vals, sub_scores], dim=0)               # (k + B, A)
+        cat = torch.cat([cur[:, cols], keys[:, cols]], dim=0)        # (k + B, A)
         top = cat.topk(k, dim=0).indices                             # (k, A)
         sel = torch.zeros(cat.shape, dtype=torch.bool, device=cat.device)
         sel.scatter_(0, top, True)
@@ -138,8 +156,52 @@ class TopKState:
         slot, row, ch = sel
         self.write_maps(slot, ch, maps(row, ch) if callable(maps) else maps[row, ch])
 
+    def merge(self, other: "TopKState") -> "TopKState":
+        """Fold another state (a shard searched apart, disjoint dataset indices) into this one,
+        in place; returns ``self``. Exact: the result equals one search over both shards."""
+        if not isinstance(other, TopKState):
+            raise VitvizError(f"can only merge a TopKState, got {type(other).__name__}")
+        if (other.k, other.channels) != (self.k, self.channels):
+            raise VitvizError(f"cannot merge top-{other.k} of {other.channels} channels into "
+                              f"top-{self.k} of {self.channels} channels")
+        if (self.maps is None) != (other.maps is None) or \
+                (self.maps is not None and tuple(self.grid) != tuple(other.grid)):
+            raise VitvizError(f"cannot merge states with maps on grid {other.grid} and {self.grid}")
+        dev = self.values.device
+        k, c = self.k, self.channels
+        values = torch.cat([self.values, other.values.to(dev)])      # (2k, C)
+        indices = torch.cat([self.indices, other.indices.to(dev)])   # (2k, C)
+        top = rank_keys(values, indices).topk(k, dim=0).indices      # (k, C)
+        self.values = values.gather(0, top)
+        self.indices = indices.gather(0, top)
+        if self.maps is not None:
+            hw = self.maps.shape[1]
+            maps = torch.cat([self.maps.view(k, c, hw), other.maps.to(dev).view(k, c, hw)])  # (2k, C, HW)
+            self.maps = maps.gather(0, top[:, :, None].expand(k, c, hw)).reshape(k * c, hw)
+        self.seen += other.seen
+        return self
+
+    @classmethod
+    def from_topk(cls, t: FeatureTopK, k: int | None = None,
+                  device: torch.device | str = "cpu") -> "TopKState":
+        """A state holding a finished :class:`FeatureTopK` (e.g. one shard's
+        ``ExemplarResult.topk[hook][stat]``), ready to :meth:`merge`."""
+        n, c = t.values.shape
+        k = n if k is None else k
+        if n > k:
+            raise VitvizError(f"this top-k holds {n} rows, more than k={k}")
+        grid = tuple(t.maps.shape[2:]) if t.maps is not None else None
+        st = cls(k, c, grid, device=device,
+                 map_dtype=t.maps.dtype if t.maps is not None else torch.float16)
+        st.values[:n] = t.values.to(device)
+        st.indices[:n] = t.indices.to(device)
+        if st.maps is not None:
+            st.maps[: n * c] = t.maps.to(device).reshape(n * c, -1).float()
+        st.seen = n
+        return st
+
     def result(self) -> FeatureTopK:
-        order = self.values.argsort(dim=0, descending=True, stable=True)  # (k, C)
+        order = rank_keys(self.values, self.indices).argsort(dim=0, descending=True)  # (k, C)
         n = min(self.k, self.seen)
         order = order[:n]
         values = self.values.gather(0, order)

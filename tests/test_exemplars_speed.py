@@ -1,0 +1,106 @@
+"""Tests of the exemplar search's exactness under sharding, batching and loader settings
+(vitviz_core.evaluate.exemplars): tiny random models and synthetic scores with ties."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from vitviz_core.errors import VitvizError
+from vitviz_core.evaluate import exemplars as ex
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_vit(depth: int = 2, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                          depth=depth, embed_dim=32, num_heads=2, num_classes=10)
+    return m.eval().requires_grad_(False)
+
+
+def stream(ids: torch.Tensor, scores: torch.Tensor, maps: torch.Tensor, k: int, batch: int,
+           grid: tuple[int, int] = (2, 3)) -> ex.TopKState:
+    """A state fed ``scores[ids]`` (N, C) and ``maps[ids]`` (N, C, H, W) batch by batch."""
+    st = ex.TopKState(k, scores.shape[1], grid)
+    for i in range(0, len(ids), batch):
+        b = ids[i : i + batch]
+        st.update(scores[b], b, maps[b])
+    return st
+
+
+def brute_force(ids: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, C) ids ranked by (score descending, id ascending), by Python sorting."""
+    cols = []
+    for c in range(scores.shape[1]):
+        ranked = sorted(ids.tolist(), key=lambda i: (-float(scores[i, c]), i))
+        cols.append(ranked[:k])
+    return torch.tensor(cols).T
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7, 50])
+def test_merged_topk_of_two_shards_equals_topk_of_the_whole(batch):
+    g = torch.Generator().manual_seed(0)
+    n, c, k = 40, 6, 5
+    scores = torch.randint(0, 4, (n, c), generator=g).float()  # many ties: order by id decides
+    scores[3, 2] = float("nan")  # NaN ranks last
+    maps = torch.randn(n, c, 2, 3, generator=g)
+    ids = torch.arange(n)
+    whole = stream(ids, scores, maps, k, batch).result()
+    perm = torch.randperm(n, generator=g)  # shards in arbitrary order, searched apart
+    a = stream(perm[:17], scores, maps, k, batch)
+    b = stream(perm[17:], scores, maps, k, batch)
+    merged = a.merge(b).result()
+    assert torch.equal(merged.indices, whole.indices)
+    assert torch.equal(merged.values, whole.values)
+    assert torch.equal(merged.maps, whole.maps)
+    assert torch.equal(whole.indices, brute_force(ids, scores.nan_to_num(nan=float("-inf")), k))
+    ch = torch.arange(c)[None]
+    assert torch.equal(whole.maps, maps[whole.indices, ch].half())
+
+
+def test_merge_with_a_shard_smaller_than_k_and_from_results():
+    g = torch.Generator().manual_seed(1)
+    scores, maps = torch.randn(12, 4, generator=g), torch.randn(12, 4, 2, 3, generator=g)
+    ids = torch.arange(12)
+    whole = stream(ids, scores, maps, 5, 4).result()
+    small = stream(ids[:2], scores, maps, 5, 4)  # 2 images < k
+    rest = stream(ids[2:], scores, maps, 5, 4)
+    merged = ex.TopKState.from_topk(small.result(), k=5).merge(
+        ex.TopKState.from_topk(rest.result(), k=5)).result()
+    assert torch.equal(merged.indices, whole.indices) and torch.equal(merged.maps, whole.maps)
+    only_small = ex.TopKState.from_topk(small.result(), k=5).result()
+    assert only_small.values.shape == (2, 4)
+    with pytest.raises(VitvizError):
+        small.merge(ex.TopKState(3, 4, (2, 3)))
+    with pytest.raises(VitvizError):
+        small.merge(ex.TopKState(5, 4, None))
+
+
+def test_find_exemplars_on_two_shards_merges_to_the_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
+    m = tiny_vit()
+    x = torch.randn(21, 3, 32, 32)
+    ds = TensorDataset(x, torch.zeros(21, dtype=torch.long), torch.arange(21))
+    hooks = ["blocks.1.mlp.hook_post"]
+    kw = dict(k=4, batch_size=5, cache=False, progress=False)
+    whole = ex.find_exemplars(m, ds, hooks, **kw)
+    parts = [ex.find_exemplars(m, Subset(ds, r), hooks, **kw) for r in (range(0, 8), range(8, 21))]
+    for stat in ("mean", "max"):
+        a, b = (ex.TopKState.from_topk(p.topk[hooks[0]][stat]) for p in parts)
+        got, want = a.merge(b).result(), whole.topk[hooks[0]][stat]
+        assert torch.equal(got.indices, want.indices)
+        assert torch.allclose(got.values, want.values, atol=1e-5)
+        assert torch.allclose(got.maps.float(), want.maps.float(), atol=2e-3)
+
+
+def test_rank_keys_order_values_then_ids():
+    v = torch.tensor([1.0, 1.0, -0.0, 0.0, -2.5, float("-inf"), float("-inf"), 3e38])
+    i = torch.tensor([5, 2, 7, 1, 0, 4, -1, 9])
+    order = ex.rank_keys(v, i).argsort(descending=True).tolist()
+    assert [int(i[j]) for j in order] == [9, 2, 5, 1, 7, 0, 4, -1]
