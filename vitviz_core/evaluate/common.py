@@ -66,8 +66,12 @@ def model_dataset(model: Any, name: str = "imagenet-sample-1000", root: str | Pa
     return _dataset_from_name(name, root, model.eval_transform(), max_images)
 
 
-def make_loader(dataset: Dataset, batch_size: int = 32, num_workers: int = 0) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+def make_loader(dataset: Dataset, batch_size: int = 32, num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """In-order loader; ``num_workers`` processes decode ahead of the model, ``pin_memory``
+    (for CUDA) makes the host -> device copies asynchronous."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin_memory)
 
 
 def unpack_batch(batch: Any, offset: int) -> tuple[Tensor, Tensor, Tensor, tuple]:

@@ -36,7 +36,7 @@ from vitviz_core.evaluate.records import (ResultRecord, dataset_fingerprint,
                                           model_info, weights_fingerprint)
 
 __all__ = ["FeatureTopK", "ExemplarResult", "TopKState", "update_states", "score_maps", "find_exemplars",
-           "exemplar_cache_key", "activation_maps", "rank_keys", "STATISTICS"]
+           "exemplar_cache_key", "activation_maps", "rank_keys", "default_num_workers", "STATISTICS"]
 
 STATISTICS = ("mean", "max")
 _CACHE_VERSION = 1
@@ -86,9 +86,14 @@ class TopKState:
     """
 
     def __init__(self, k: int, channels: int, grid: tuple[int, int] | None,
-                 device: torch.device | str = "cpu", map_dtype: torch.dtype = torch.float16):
+                 device: torch.device | str = "cpu", map_dtype: torch.dtype = torch.float16,
+                 sync_free: bool | None = None):
         if k < 1:
             raise VitvizError(f"k must be >= 1, got {k}")
+        # Sparse updates (only changed entries, found with nonzero) are cheapest on the CPU,
+        # where a data-dependent shape costs nothing; on an accelerator every nonzero is a
+        # host sync, so the whole (k, C) table is rebuilt with gathers instead. Same result.
+        self.sync_free = torch.device(device).type != "cpu" if sync_free is None else sync_free
         self.k = k
         self.channels = channels
         self.values = torch.full((k, channels), float("-inf"), device=device)  # (k, C)
@@ -142,6 +147,34 @@ class TopKState:
         self.indices[slot, ch] = ids[row]
         return slot, row, ch
 
+    def select_all(self, scores: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sync-free merge of a batch: rebuilds the ``(k, C)`` table with one ``topk`` and
+        gathers. Returns ``(from_batch (k, C) bool, row (k, C), old_slot (k, C))``: slot ``j``
+        of channel ``c`` now holds batch row ``row[j, c]`` if ``from_batch[j, c]``, else
+        what slot ``old_slot[j, c]`` held before (see :meth:`write_all_maps`)."""
+        scores = scores.float().nan_to_num(nan=float("-inf"))  # (B, C)
+        b, c = scores.shape
+        k = self.k
+        ids = ids.to(self.indices.device)
+        self.seen += b
+        keys = torch.cat([rank_keys(self.values, self.indices), rank_keys(scores, ids[:, None])])  # (k + B, C)
+        top = keys.topk(k, dim=0).indices  # (k, C)
+        self.values = torch.cat([self.values, scores]).gather(0, top)
+        self.indices = torch.cat([self.indices, ids[:, None].expand(b, c)]).gather(0, top)
+        from_batch = top >= k
+        return from_batch, (top - k).clamp_(min=0), top.clamp(max=k - 1)
+
+    def write_all_maps(self, from_batch: Tensor, old_slot: Tensor, picked: Tensor) -> None:
+        """Rebuild the maps after :meth:`select_all`; ``picked`` ``(k, C, ...)`` holds the
+        batch maps of ``(row[j, c], c)`` (ignored where not ``from_batch``)."""
+        if self.maps is None:
+            return
+        k, c = self.k, self.channels
+        hw = self.maps.shape[1]
+        old = self.maps.view(k, c, hw).gather(0, old_slot[:, :, None].expand(k, c, hw))  # (k, C, HW)
+        new = torch.where(from_batch[:, :, None], picked.reshape(k, c, hw).to(self.maps.dtype), old)
+        self.maps = new.reshape(k * c, hw)
+
     def write_maps(self, slot: Tensor, ch: Tensor, picked: Tensor) -> None:
         """Store maps ``(M, H, W)`` or ``(M, H*W)`` at ``(slot, ch)``."""
         if self.maps is not None:
@@ -150,6 +183,14 @@ class TopKState:
 
     def update(self, scores: Tensor, ids: Tensor,
                maps: Tensor | Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+        """Merge a batch: ``scores (B, C)``, dataset ``ids (B,)`` and optionally its maps."""
+        if self.sync_free:
+            from_batch, row, old_slot = self.select_all(scores, ids)
+            if self.maps is not None and maps is not None:
+                ch = torch.arange(self.channels, device=row.device).expand_as(row)  # (k, C)
+                picked = maps(row.reshape(-1), ch.reshape(-1)) if callable(maps) else maps[row, ch]
+                self.write_all_maps(from_batch, old_slot, picked)
+            return
         sel = self.select(scores, ids)
         if sel is None or self.maps is None or maps is None:
             return
@@ -220,6 +261,10 @@ def update_states(states: dict[str, TopKState], scores: dict[str, Tensor], ids: 
                   pick: Callable[[Tensor, Tensor], Tensor] | None) -> None:
     """Merge one batch into several statistics of one hook, picking each needed map once
     (patch-mean and patch-max often select the same image for a channel)."""
+    if any(st.sync_free for st in states.values()):  # no unique / nonzero: no host syncs
+        for s, st in states.items():
+            st.update(scores[s], ids, pick)
+        return
     sels = {s: st.select(scores[s], ids) for s, st in states.items()}
     need = [(s, v) for s, v in sels.items() if v is not None and states[s].maps is not None]
     if not need or pick is None:
@@ -334,14 +379,17 @@ def _scores_and_maps(act: Tensor, spec: Any, stats: Sequence[str]
     g = spec.grid
     if spec.layout == "NLC" and act.dim() == 3 and g is not None and \
             act.shape[1] - spec.num_prefix_tokens == g[0] * g[1]:
-        tok = act[:, spec.num_prefix_tokens:].float()  # (B, N, C)
+        tok = act[:, spec.num_prefix_tokens:]  # (B, N, C) view, in the forward's dtype
         scores = {}
         for s in stats:
-            if s == "mean":  # a batched GEMV with 1/N weights is faster than mean over axis 1
+            if s == "mean" and tok.dtype == torch.float32:
+                # a batched GEMV with 1/N weights is faster than mean over axis 1 on the CPU
                 w = tok.new_full((tok.shape[0], 1, tok.shape[1]), 1.0 / tok.shape[1])  # (B, 1, N)
                 scores[s] = torch.bmm(w, tok)[:, 0]  # (B, C)
+            elif s == "mean":  # low precision (autocast): accumulate in fp32, no fp32 copy
+                scores[s] = tok.sum(dim=1, dtype=torch.float32) / tok.shape[1]  # (B, C)
             else:
-                scores[s] = tok.amax(dim=1)  # (B, C)
+                scores[s] = tok.amax(dim=1).float()  # (B, C), exact in any dtype
 
         def pick(rows: Tensor, ch: Tensor) -> Tensor:
             return tok[rows, :, ch].reshape(-1, g[0], g[1])  # (M, H, W)
@@ -351,21 +399,32 @@ def _scores_and_maps(act: Tensor, spec: Any, stats: Sequence[str]
             maps.shape[1], (int(maps.shape[2]), int(maps.shape[3])))
 
 
+def default_num_workers() -> int:
+    """DataLoader workers for decoding: one fewer than the CPUs this process may use (the
+    main process runs the model), at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
+
+
 def find_exemplars(
     model: Any,
     dataset: Any = None,
     hooks: Sequence[str] = ("blocks.11.mlp.hook_post",),
     k: int = 9,
     stats: Sequence[str] = STATISTICS,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     keep_maps: bool = True,
     cache: bool = True,
     device: str | torch.device | None = None,
     data_name: str = "imagenet-sample-1000",
     data_root: str | Path | None = None,
     max_images: int | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = True,
+    amp: bool | None = None,
 ) -> ExemplarResult:
     """Top-k most-activating images of every channel of ``hooks``, in one pass.
 
@@ -376,8 +435,13 @@ def find_exemplars(
             ``eval_transform``.
         hooks: hook names (canonical or raw module paths) resolved by ``vitviz_core.hooks``.
         k: images kept per feature; ``stats``: ``"mean"`` and/or ``"max"`` over patches.
+        batch_size: images per forward pass (default 32 on the CPU, 256 on an accelerator).
         keep_maps: also keep the ``(H, W)`` patch activation map of every kept image.
         cache: read/write ``cache_dir()/exemplars/<key>.pt``.
+        num_workers: DataLoader worker processes decoding images beside the model (default
+            :func:`default_num_workers`; 0 decodes in this process).
+        amp: bf16 autocast for the forward (default: on for CUDA, off elsewhere; the CPU
+            result is then bit-identical whatever the workers and batch size).
     """
     from tqdm.auto import tqdm
 
@@ -415,26 +479,36 @@ def find_exemplars(
                 pass
 
     dev = torch.device(device) if device is not None else model_device(model)
+    accel = dev.type != "cpu"
+    if batch_size is None:
+        batch_size = 256 if accel else 32
+    if num_workers is None:
+        num_workers = default_num_workers() if len(dataset) > batch_size else 0
+    use_amp = (dev.type == "cuda") if amp is None else bool(amp)
     record = ResultRecord.start("find_exemplars", model, dataset, {
-        "hooks": hooks, "k": k, "stats": stats, "keep_maps": keep_maps, "batch_size": batch_size})
+        "hooks": hooks, "k": k, "stats": stats, "keep_maps": keep_maps, "batch_size": batch_size,
+        "amp": use_amp})
     states: dict[str, dict[str, TopKState]] = {}
     grids: dict[str, tuple[int, int] | None] = {}
     offset = 0
-    loader = make_loader(dataset, batch_size, num_workers)
+    loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers,
+                         pin_memory=dev.type == "cuda")
     unfused = any(h.endswith("hook_pattern") for h in hooks)
-    with torch.inference_mode(), capture(module, hooks, stop_early=True,
-                                         unfused_attention=unfused) as cap:
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp)
+    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True,
+                                                   unfused_attention=unfused) as cap:
         for batch in tqdm(loader, desc="exemplars", disable=not progress, leave=False):
             x, _, ids, _ = unpack_batch(batch, offset)
             offset += x.shape[0]
-            cap.forward(x.to(dev))
+            ids = ids.to(dev, non_blocking=True)  # (B,)
+            cap.forward(x.to(dev, non_blocking=True))
             for h in hooks:
                 scores, get_maps, channels, grid = _scores_and_maps(
                     cap.activations[h], cap.specs.get(h, specs[h]), stats)
                 if h not in states:
                     grids[h] = grid
                     states[h] = {s: TopKState(k, channels, grid if keep_maps else None,
-                                              device=x.device) for s in stats}
+                                              device=dev) for s in stats}
                 update_states(states[h], scores, ids, get_maps if keep_maps else None)
     files, labels = _files_and_labels(dataset)
     record.finish()
