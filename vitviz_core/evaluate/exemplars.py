@@ -114,21 +114,21 @@ class TopKState:
         ids = ids.to(self.indices.device)
         first = self.seen == 0
         self.seen += b
-        keys = rank_keys(scores, ids[:, None])  # (B, C)
         if first and b >= k:  # empty state: the batch's own top-k fills every slot
-            row = keys.topk(k, dim=0).indices  # (k, C)
+            row = rank_keys(scores, ids[:, None]).topk(k, dim=0).indices  # (k, C)
             self.values.copy_(scores.gather(0, row))
             self.indices.copy_(ids[row])
             slot = torch.arange(k, device=row.device)[:, None].expand(k, c).reshape(-1)
             ch = torch.arange(c, device=row.device)[None, :].expand(k, c).reshape(-1)
             return slot, row.reshape(-1), ch
-        # Only channels where some image beats the current k-th best can change.
-        cur = rank_keys(self.values, self.indices)                   # (k, C)
-        active = (keys > cur.amin(dim=0)[None, :]).any(dim=0)        # (C,)
+        # Only channels where some image reaches the current k-th best score can change
+        # (a plain float compare; exact rank keys only for those channels).
+        active = (scores >= self.values.amin(dim=0)[None, :]).any(dim=0)  # (C,)
         cols = active.nonzero().squeeze(1)  # (A,)
         if cols.numel() == 0:
             return None
-        cat = torch.cat([cur[:, cols], keys[:, cols]], dim=0)        # (k + B, A)
+        cat = torch.cat([rank_keys(self.values[:, cols], self.indices[:, cols]),
+                         rank_keys(scores[:, cols], ids[:, None])], dim=0)  # (k + B, A)
         top = cat.topk(k, dim=0).indices                             # (k, A)
         sel = torch.zeros(cat.shape, dtype=torch.bool, device=cat.device)
         sel.scatter_(0, top, True)
@@ -179,7 +179,7 @@ class TopKState:
         """Store maps ``(M, H, W)`` or ``(M, H*W)`` at ``(slot, ch)``."""
         if self.maps is not None:
             self.maps.index_copy_(0, slot * self.channels + ch,
-                                  picked.reshape(picked.shape[0], -1).to(self.maps.dtype))
+                                  picked.reshape(picked.shape[0], self.maps.shape[1]).to(self.maps.dtype))
 
     def update(self, scores: Tensor, ids: Tensor,
                maps: Tensor | Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
@@ -192,7 +192,7 @@ class TopKState:
                 self.write_all_maps(from_batch, old_slot, picked)
             return
         sel = self.select(scores, ids)
-        if sel is None or self.maps is None or maps is None:
+        if sel is None or self.maps is None or maps is None or sel[0].numel() == 0:
             return
         slot, row, ch = sel
         self.write_maps(slot, ch, maps(row, ch) if callable(maps) else maps[row, ch])
@@ -271,6 +271,8 @@ def update_states(states: dict[str, TopKState], scores: dict[str, Tensor], ids: 
         return
     c = states[need[0][0]].channels
     keys = torch.cat([row * c + ch for _, (_, row, ch) in need])  # (sum M,)
+    if keys.numel() == 0:  # channels reached a tie but no image won it
+        return
     uniq, inverse = torch.unique(keys, return_inverse=True)
     picked = pick(uniq // c, uniq % c)
     picked = picked.reshape(picked.shape[0], -1)  # (U, H*W)
@@ -368,9 +370,10 @@ def _files_and_labels(dataset: Any) -> tuple[list[str], list[int]]:
     return files, labels
 
 
-def _scores_and_maps(act: Tensor, spec: Any, stats: Sequence[str]
-                     ) -> tuple[dict[str, Tensor], Callable[[Tensor, Tensor], Tensor], int, tuple[int, int]]:
-    """Scores ``{stat: (B, C)}``, a map picker ``(rows, channels) -> (M, H, W)``, C and grid.
+def _scores_and_tokens(act: Tensor, spec: Any, stats: Sequence[str]
+                       ) -> tuple[dict[str, Tensor], Tensor, tuple[int, int]]:
+    """Scores ``{stat: (B, C)}``, the activation as ``(B, P, C)`` (P = H*W patch positions,
+    a view where possible) to pick maps from, and the grid ``(H, W)``.
 
     Token layouts (NLC) are reduced along the token axis without building ``(B, C, H, W)``
     maps; only the picked maps are gathered."""
@@ -390,13 +393,39 @@ def _scores_and_maps(act: Tensor, spec: Any, stats: Sequence[str]
                 scores[s] = tok.sum(dim=1, dtype=torch.float32) / tok.shape[1]  # (B, C)
             else:
                 scores[s] = tok.amax(dim=1).float()  # (B, C), exact in any dtype
-
-        def pick(rows: Tensor, ch: Tensor) -> Tensor:
-            return tok[rows, :, ch].reshape(-1, g[0], g[1])  # (M, H, W)
-        return scores, pick, tok.shape[2], (int(g[0]), int(g[1]))
+        return scores, tok, (int(g[0]), int(g[1]))
     maps = to_patch_maps(act, spec)  # (B, C, H, W)
-    return ({s: score_maps(maps, s) for s in stats}, lambda rows, ch: maps[rows, ch],
-            maps.shape[1], (int(maps.shape[2]), int(maps.shape[3])))
+    return ({s: score_maps(maps, s) for s in stats}, maps.flatten(2).transpose(1, 2),
+            (int(maps.shape[2]), int(maps.shape[3])))
+
+
+def _picker(sources: list[Tensor], sync_free: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    """``pick(rows (M,), ch (M,)) -> (M, P)`` maps from activations ``[(B, P, C_i), ...]``
+    seen as one ``(B, P, sum C_i)`` tensor.
+
+    Sync-free (accelerators): the sources are concatenated once per batch (a cheap device
+    copy). CPU: no copy; the requested channels are sorted and each hook's segment is
+    gathered from its own tensor (data-dependent sizes cost nothing there)."""
+    if len(sources) == 1:
+        src = sources[0]
+        return lambda rows, ch: src[rows, :, ch]
+    if sync_free:
+        cat = torch.cat(sources, dim=2)  # (B, P, sum C)
+        return lambda rows, ch: cat[rows, :, ch]
+    ends = torch.tensor([t.shape[2] for t in sources]).cumsum(0)  # (n,)
+
+    def pick(rows: Tensor, ch: Tensor) -> Tensor:
+        order = ch.argsort()
+        ch_s, rows_s = ch[order], rows[order]
+        cuts = [0] + torch.searchsorted(ch_s, ends.to(ch.device)).tolist()
+        out = sources[0].new_empty((ch.shape[0], sources[0].shape[1]))  # (M, P)
+        for i, src in enumerate(sources):
+            a, b = cuts[i], cuts[i + 1]
+            if b > a:
+                off = int(ends[i]) - src.shape[2]
+                out[order[a:b]] = src[rows_s[a:b], :, ch_s[a:b] - off]
+        return out
+    return pick
 
 
 def default_num_workers() -> int:
@@ -488,7 +517,11 @@ def find_exemplars(
     record = ResultRecord.start("find_exemplars", model, dataset, {
         "hooks": hooks, "k": k, "stats": stats, "keep_maps": keep_maps, "batch_size": batch_size,
         "amp": use_amp})
-    states: dict[str, dict[str, TopKState]] = {}
+    # Hooks with the same patch grid share one state per statistic over their concatenated
+    # channels: a few large top-k merges per batch instead of hooks x statistics small ones.
+    groups: dict[tuple[int, int], list[str]] = {}
+    channels: dict[str, int] = {}
+    states: dict[tuple[int, int], dict[str, TopKState]] = {}
     grids: dict[str, tuple[int, int] | None] = {}
     offset = 0
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers,
@@ -502,18 +535,33 @@ def find_exemplars(
             offset += x.shape[0]
             ids = ids.to(dev, non_blocking=True)  # (B,)
             cap.forward(x.to(dev, non_blocking=True))
-            for h in hooks:
-                scores, get_maps, channels, grid = _scores_and_maps(
-                    cap.activations[h], cap.specs.get(h, specs[h]), stats)
-                if h not in states:
-                    grids[h] = grid
-                    states[h] = {s: TopKState(k, channels, grid if keep_maps else None,
-                                              device=dev) for s in stats}
-                update_states(states[h], scores, ids, get_maps if keep_maps else None)
+            per = {h: _scores_and_tokens(cap.activations[h], cap.specs.get(h, specs[h]), stats)
+                   for h in hooks}
+            if not states:
+                for h in hooks:
+                    grids[h] = per[h][2]
+                    channels[h] = per[h][1].shape[2]
+                    groups.setdefault(grids[h], []).append(h)
+                states = {g: {s: TopKState(k, sum(channels[h] for h in hs), g if keep_maps else None,
+                                           device=dev) for s in stats} for g, hs in groups.items()}
+            for g, hs in groups.items():
+                scores = {s: torch.cat([per[h][0][s] for h in hs], dim=1) if len(hs) > 1
+                          else per[hs[0]][0][s] for s in stats}  # (B, sum C)
+                pick = _picker([per[h][1] for h in hs], accel) if keep_maps else None
+                update_states(states[g], scores, ids, pick)
+    topk: dict[str, dict[str, FeatureTopK]] = {h: {} for h in hooks}
+    for g, hs in groups.items():
+        for s, st in states[g].items():
+            r = st.result()
+            c0 = 0
+            for h in hs:
+                sl = slice(c0, c0 + channels[h])
+                c0 += channels[h]
+                topk[h][s] = FeatureTopK(values=r.values[:, sl].clone(), indices=r.indices[:, sl].clone(),
+                                         maps=r.maps[:, sl].clone() if r.maps is not None else None)
     files, labels = _files_and_labels(dataset)
     record.finish()
-    res = ExemplarResult(hooks=hooks, stats=stats, k=k,
-                         topk={h: {s: st.result() for s, st in d.items()} for h, d in states.items()},
+    res = ExemplarResult(hooks=hooks, stats=stats, k=k, topk=topk,
                          grids=grids, files=files, labels=labels, record=record.to_dict(),
                          cache_path=str(path) if path is not None else None)
     if path is not None:
