@@ -406,12 +406,11 @@ def _picker(sources: list[Tensor], sync_free: bool) -> Callable[[Tensor, Tensor]
     Sync-free (accelerators): the sources are concatenated once per batch (a cheap device
     copy). CPU: no copy; the requested channels are sorted and each hook's segment is
     gathered from its own tensor (data-dependent sizes cost nothing there)."""
-    if len(sources) == 1:
-        src = sources[0]
-        return lambda rows, ch: src[rows, :, ch]
     if sync_free:
-        cat = torch.cat(sources, dim=2)  # (B, P, sum C)
+        cat = torch.cat(sources, dim=2) if len(sources) > 1 else sources[0]  # (B, P, sum C)
         return lambda rows, ch: cat[rows, :, ch]
+    if len(sources) == 1:
+        return lambda rows, ch: _gather_maps(sources[0], rows, ch)
     ends = torch.tensor([t.shape[2] for t in sources]).cumsum(0)  # (n,)
 
     def pick(rows: Tensor, ch: Tensor) -> Tensor:
@@ -423,9 +422,19 @@ def _picker(sources: list[Tensor], sync_free: bool) -> Callable[[Tensor, Tensor]
             a, b = cuts[i], cuts[i + 1]
             if b > a:
                 off = int(ends[i]) - src.shape[2]
-                out[order[a:b]] = src[rows_s[a:b], :, ch_s[a:b] - off]
+                out[order[a:b]] = _gather_maps(src, rows_s[a:b], ch_s[a:b] - off)
         return out
     return pick
+
+
+def _gather_maps(src: Tensor, rows: Tensor, ch: Tensor) -> Tensor:
+    """``src[rows, :, ch]`` ``(M, P)`` from ``src (B, P, C)``. Each map is P reads a row
+    apart; when many are wanted (early batches fill the whole top-k) one transposed copy
+    ``(B, C, P)`` makes every map a contiguous row and is cheaper."""
+    b, _, c = src.shape
+    if rows.shape[0] * 8 > b * c:
+        return src.transpose(1, 2).contiguous()[rows, ch]  # (M, P)
+    return src[rows, :, ch]  # (M, P)
 
 
 def default_num_workers() -> int:
