@@ -13,7 +13,8 @@ the first file read to the last result (on CUDA after a device synchronize):
 The arms alternate (plain, search, plain, search, ...) so that load from other processes on
 a shared machine hits both, and the median of ``--repeats`` timings of each is compared.
 
-    python benchmarks/topk.py                   # CPU: vit-ti16, imagenet-val-1300, 12 x mlp.hook_post
+    python benchmarks/topk.py                   # CPU: vit-ti16, 640 of imagenet-val-1300, 12 x mlp.hook_post
+    python benchmarks/topk.py --threads 1       # on a crowded 2-core machine (see the note)
     python benchmarks/topk.py --device cuda     # + gpu_exemplar_images_per_s (ViT-B/16, random init)
     python benchmarks/topk.py --smoke           # seconds: tiny subset, checks the script runs
 
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="default vit-ti16 on CPU, vit_base_patch16_224 (random init) on CUDA")
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--data", default="imagenet-val-1300")
-    ap.add_argument("--images", type=int, default=None, help="images per pass (default: all)")
+    ap.add_argument("--images", type=int, default=None,
+                    help="images per pass, spread over the classes (default 640 on CPU, all 1300 on CUDA)")
     ap.add_argument("--passes", type=int, default=None, help="passes over the images per timing (default 1 CPU, 8 CUDA)")
     ap.add_argument("--batch-size", type=int, default=None, help="default 32 on CPU, 256 on CUDA")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: default_num_workers())")
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     lm = load_model(name, weights=weights, device=dev)
     depth = len(getattr(lm.model, "blocks", []))
     hooks = [args.hooks.format(i=i) for i in range(depth)] if "{i}" in args.hooks else args.hooks.split(",")
-    base = ImageFolderDataset(find_dataset(args.data), transform=lm.eval_transform(), max_images=args.images)
+    n_img = args.images or (640 if dev.type == "cpu" else None)
+    base = ImageFolderDataset(find_dataset(args.data), transform=lm.eval_transform(), max_images=n_img)
     passes = args.passes or (1 if dev.type == "cpu" else 8)
     data = Repeated(base, passes) if passes > 1 else base
     bs = args.batch_size or (32 if dev.type == "cpu" else 256)

@@ -432,7 +432,7 @@ def _gather_maps(src: Tensor, rows: Tensor, ch: Tensor) -> Tensor:
     apart; when many are wanted (early batches fill the whole top-k) one transposed copy
     ``(B, C, P)`` makes every map a contiguous row and is cheaper."""
     b, _, c = src.shape
-    if rows.shape[0] * 8 > b * c:
+    if rows.shape[0] * 4 > b * c:
         return src.transpose(1, 2).contiguous()[rows, ch]  # (M, P)
     return src[rows, :, ch]  # (M, P)
 
