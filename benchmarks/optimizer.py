@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --gpu-only but CUDA is not available here", file=sys.stderr)
         return 2
     if args.smoke:
-        args.features, args.n_augment, args.steps, args.repeats, args.image_size = 1, 2, 1, 1, 64
+        args.features, args.n_augment, args.steps, args.repeats = 1, 2, 1, 1
         args.gpu_features, args.gpu_steps, args.gpu_warmup = 1, 1, 1
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}")
     if not args.gpu_only:
