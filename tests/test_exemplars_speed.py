@@ -163,3 +163,18 @@ def _to_input(img) -> torch.Tensor:
 
     x = torch.from_numpy(np.asarray(img.resize((32, 32)), dtype=np.float32)).permute(2, 0, 1)
     return x / 127.5 - 1.0
+
+
+def test_map_pickers_agree_with_one_concatenated_tensor():
+    """The accelerator picker (one concatenated copy), the CPU picker (per-hook segments,
+    strided or transposed gathers) and plain indexing give the same maps."""
+    g = torch.Generator().manual_seed(4)
+    srcs = [torch.randn(6, 5, c, generator=g) for c in (3, 7, 4)]  # (B, P, C_i)
+    whole = torch.cat(srcs, dim=2)  # (B, P, 14)
+    for m in (0, 5, 80):  # few maps (strided gathers) and many (transposed copies)
+        rows = torch.randint(0, 6, (m,), generator=g)
+        ch = torch.randint(0, 14, (m,), generator=g)
+        want = whole[rows, :, ch]  # (M, P)
+        for sync_free in (False, True):
+            assert torch.equal(ex._picker(srcs, sync_free)(rows, ch), want)
+            assert torch.equal(ex._picker(srcs[:1], sync_free)(rows % 6, ch % 3), srcs[0][rows % 6, :, ch % 3])
