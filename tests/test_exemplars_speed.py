@@ -104,3 +104,77 @@ def test_rank_keys_order_values_then_ids():
     i = torch.tensor([5, 2, 7, 1, 0, 4, -1, 9])
     order = ex.rank_keys(v, i).argsort(descending=True).tolist()
     assert [int(i[j]) for j in order] == [9, 2, 5, 1, 7, 0, 4, -1]
+
+
+@pytest.mark.parametrize("batch", [2, 5, 40])
+def test_sync_free_update_equals_sparse_update(batch):
+    """The accelerator path (whole-table gathers, no nonzero/unique) gives the CPU path's
+    result bit for bit, also through update_states with two statistics and a map picker."""
+    g = torch.Generator().manual_seed(2)
+    n, c, k = 37, 5, 4
+    scores = {"mean": torch.randint(0, 3, (n, c), generator=g).float(), "max": torch.randn(n, c, generator=g)}
+    maps = torch.randn(n, c, 2, 3, generator=g)
+    out = {}
+    for sync_free in (False, True):
+        states = {s: ex.TopKState(k, c, (2, 3), sync_free=sync_free) for s in scores}
+        for i in range(0, n, batch):
+            ids = torch.arange(i, min(n, i + batch))
+            xb = maps[ids]
+            ex.update_states(states, {s: v[ids] for s, v in scores.items()}, ids + 1000,
+                             lambda rows, ch, xb=xb: xb[rows, ch])
+        out[sync_free] = {s: st.result() for s, st in states.items()}
+    for s in scores:
+        a, b = out[False][s], out[True][s]
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+        assert torch.equal(a.maps, b.maps)
+        ch = torch.arange(c)[None]
+        assert torch.equal(a.maps, maps[a.indices - 1000, ch].half())
+
+
+def test_find_exemplars_identical_with_and_without_loader_workers(tmp_path, monkeypatch):
+    """Images decoded by 2 worker processes give exactly the in-process result (CPU)."""
+    from PIL import Image
+
+    from vitviz_core.data import ImageFolderDataset
+
+    monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
+    g = torch.Generator().manual_seed(3)
+    for c in ("n01440764", "n01443537"):
+        (tmp_path / "img" / c).mkdir(parents=True)
+        for i in range(7):
+            arr = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(tmp_path / "img" / c / f"{i}.png")
+    ds = ImageFolderDataset(tmp_path / "img", transform=_to_input)
+    m = tiny_vit()
+    hooks = ["blocks.0.mlp.hook_post", "blocks.1.hook_resid_post"]
+    res = {w: ex.find_exemplars(m, ds, hooks, k=3, batch_size=4, cache=False, progress=False,
+                                num_workers=w) for w in (0, 2)}
+    for h in hooks:
+        for stat in ("mean", "max"):
+            a, b = res[0].topk[h][stat], res[2].topk[h][stat]
+            assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+            assert torch.equal(a.maps, b.maps)
+    assert res[0].files == res[2].files and len(res[0].files) == 14
+
+
+def _to_input(img) -> torch.Tensor:
+    """PIL image -> (3, 32, 32) input in [-1, 1] (module level: picklable for workers)."""
+    import numpy as np
+
+    x = torch.from_numpy(np.asarray(img.resize((32, 32)), dtype=np.float32)).permute(2, 0, 1)
+    return x / 127.5 - 1.0
+
+
+def test_map_pickers_agree_with_one_concatenated_tensor():
+    """The accelerator picker (one concatenated copy), the CPU picker (per-hook segments,
+    strided or transposed gathers) and plain indexing give the same maps."""
+    g = torch.Generator().manual_seed(4)
+    srcs = [torch.randn(6, 5, c, generator=g) for c in (3, 7, 4)]  # (B, P, C_i)
+    whole = torch.cat(srcs, dim=2)  # (B, P, 14)
+    for m in (0, 5, 80):  # few maps (strided gathers) and many (transposed copies)
+        rows = torch.randint(0, 6, (m,), generator=g)
+        ch = torch.randint(0, 14, (m,), generator=g)
+        want = whole[rows, :, ch]  # (M, P)
+        for sync_free in (False, True):
+            assert torch.equal(ex._picker(srcs, sync_free)(rows, ch), want)
+            assert torch.equal(ex._picker(srcs[:1], sync_free)(rows % 6, ch % 3), srcs[0][rows % 6, :, ch % 3])

@@ -122,7 +122,9 @@ class SkippingLoader:
 
 def make_loader(dataset: Dataset, batch_size: int = 32, num_workers: int = 0,
                 pin_memory: bool = False) -> SkippingLoader:
-    """A sequential loader over ``dataset`` that drops and counts unreadable samples."""
+    """A sequential loader over ``dataset`` that drops and counts unreadable samples;
+    ``num_workers`` processes decode ahead of the model, ``pin_memory`` (for CUDA) makes the
+    host -> device copies asynchronous."""
     from vitviz_core.data import collate_skipping
 
     return SkippingLoader(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,

@@ -36,7 +36,7 @@ from vitviz_core.evaluate.records import (ResultRecord, dataset_fingerprint,
                                           model_info, weights_fingerprint)
 
 __all__ = ["FeatureTopK", "ExemplarResult", "TopKState", "update_states", "score_maps", "find_exemplars",
-           "exemplar_cache_key", "activation_maps", "rank_keys", "STATISTICS"]
+           "exemplar_cache_key", "activation_maps", "rank_keys", "default_num_workers", "STATISTICS"]
 
 STATISTICS = ("mean", "max")
 _CACHE_VERSION = 1
@@ -86,9 +86,14 @@ class TopKState:
     """
 
     def __init__(self, k: int, channels: int, grid: tuple[int, int] | None,
-                 device: torch.device | str = "cpu", map_dtype: torch.dtype = torch.float16):
+                 device: torch.device | str = "cpu", map_dtype: torch.dtype = torch.float16,
+                 sync_free: bool | None = None):
         if k < 1:
             raise VitvizError(f"k must be >= 1, got {k}")
+        # Sparse updates (only changed entries, found with nonzero) are cheapest on the CPU,
+        # where a data-dependent shape costs nothing; on an accelerator every nonzero is a
+        # host sync, so the whole (k, C) table is rebuilt with gathers instead. Same result.
+        self.sync_free = torch.device(device).type != "cpu" if sync_free is None else sync_free
         self.k = k
         self.channels = channels
         self.values = torch.full((k, channels), float("-inf"), device=device)  # (k, C)
@@ -109,21 +114,21 @@ class TopKState:
         ids = ids.to(self.indices.device)
         first = self.seen == 0
         self.seen += b
-        keys = rank_keys(scores, ids[:, None])  # (B, C)
         if first and b >= k:  # empty state: the batch's own top-k fills every slot
-            row = keys.topk(k, dim=0).indices  # (k, C)
+            row = rank_keys(scores, ids[:, None]).topk(k, dim=0).indices  # (k, C)
             self.values.copy_(scores.gather(0, row))
             self.indices.copy_(ids[row])
             slot = torch.arange(k, device=row.device)[:, None].expand(k, c).reshape(-1)
             ch = torch.arange(c, device=row.device)[None, :].expand(k, c).reshape(-1)
             return slot, row.reshape(-1), ch
-        # Only channels where some image beats the current k-th best can change.
-        cur = rank_keys(self.values, self.indices)                   # (k, C)
-        active = (keys > cur.amin(dim=0)[None, :]).any(dim=0)        # (C,)
+        # Only channels where some image reaches the current k-th best score can change
+        # (a plain float compare; exact rank keys only for those channels).
+        active = (scores >= self.values.amin(dim=0)[None, :]).any(dim=0)  # (C,)
         cols = active.nonzero().squeeze(1)  # (A,)
         if cols.numel() == 0:
             return None
-        cat = torch.cat([cur[:, cols], keys[:, cols]], dim=0)        # (k + B, A)
+        cat = torch.cat([rank_keys(self.values[:, cols], self.indices[:, cols]),
+                         rank_keys(scores[:, cols], ids[:, None])], dim=0)  # (k + B, A)
         top = cat.topk(k, dim=0).indices                             # (k, A)
         sel = torch.zeros(cat.shape, dtype=torch.bool, device=cat.device)
         sel.scatter_(0, top, True)
@@ -142,16 +147,52 @@ class TopKState:
         self.indices[slot, ch] = ids[row]
         return slot, row, ch
 
+    def select_all(self, scores: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sync-free merge of a batch: rebuilds the ``(k, C)`` table with one ``topk`` and
+        gathers. Returns ``(from_batch (k, C) bool, row (k, C), old_slot (k, C))``: slot ``j``
+        of channel ``c`` now holds batch row ``row[j, c]`` if ``from_batch[j, c]``, else
+        what slot ``old_slot[j, c]`` held before (see :meth:`write_all_maps`)."""
+        scores = scores.float().nan_to_num(nan=float("-inf"))  # (B, C)
+        b, c = scores.shape
+        k = self.k
+        ids = ids.to(self.indices.device)
+        self.seen += b
+        keys = torch.cat([rank_keys(self.values, self.indices), rank_keys(scores, ids[:, None])])  # (k + B, C)
+        top = keys.topk(k, dim=0).indices  # (k, C)
+        self.values = torch.cat([self.values, scores]).gather(0, top)
+        self.indices = torch.cat([self.indices, ids[:, None].expand(b, c)]).gather(0, top)
+        from_batch = top >= k
+        return from_batch, (top - k).clamp_(min=0), top.clamp(max=k - 1)
+
+    def write_all_maps(self, from_batch: Tensor, old_slot: Tensor, picked: Tensor) -> None:
+        """Rebuild the maps after :meth:`select_all`; ``picked`` ``(k, C, ...)`` holds the
+        batch maps of ``(row[j, c], c)`` (ignored where not ``from_batch``)."""
+        if self.maps is None:
+            return
+        k, c = self.k, self.channels
+        hw = self.maps.shape[1]
+        old = self.maps.view(k, c, hw).gather(0, old_slot[:, :, None].expand(k, c, hw))  # (k, C, HW)
+        new = torch.where(from_batch[:, :, None], picked.reshape(k, c, hw).to(self.maps.dtype), old)
+        self.maps = new.reshape(k * c, hw)
+
     def write_maps(self, slot: Tensor, ch: Tensor, picked: Tensor) -> None:
         """Store maps ``(M, H, W)`` or ``(M, H*W)`` at ``(slot, ch)``."""
         if self.maps is not None:
             self.maps.index_copy_(0, slot * self.channels + ch,
-                                  picked.reshape(picked.shape[0], -1).to(self.maps.dtype))
+                                  picked.reshape(picked.shape[0], self.maps.shape[1]).to(self.maps.dtype))
 
     def update(self, scores: Tensor, ids: Tensor,
                maps: Tensor | Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+        """Merge a batch: ``scores (B, C)``, dataset ``ids (B,)`` and optionally its maps."""
+        if self.sync_free:
+            from_batch, row, old_slot = self.select_all(scores, ids)
+            if self.maps is not None and maps is not None:
+                ch = torch.arange(self.channels, device=row.device).expand_as(row)  # (k, C)
+                picked = maps(row.reshape(-1), ch.reshape(-1)) if callable(maps) else maps[row, ch]
+                self.write_all_maps(from_batch, old_slot, picked)
+            return
         sel = self.select(scores, ids)
-        if sel is None or self.maps is None or maps is None:
+        if sel is None or self.maps is None or maps is None or sel[0].numel() == 0:
             return
         slot, row, ch = sel
         self.write_maps(slot, ch, maps(row, ch) if callable(maps) else maps[row, ch])
@@ -220,12 +261,18 @@ def update_states(states: dict[str, TopKState], scores: dict[str, Tensor], ids: 
                   pick: Callable[[Tensor, Tensor], Tensor] | None) -> None:
     """Merge one batch into several statistics of one hook, picking each needed map once
     (patch-mean and patch-max often select the same image for a channel)."""
+    if any(st.sync_free for st in states.values()):  # no unique / nonzero: no host syncs
+        for s, st in states.items():
+            st.update(scores[s], ids, pick)
+        return
     sels = {s: st.select(scores[s], ids) for s, st in states.items()}
     need = [(s, v) for s, v in sels.items() if v is not None and states[s].maps is not None]
     if not need or pick is None:
         return
     c = states[need[0][0]].channels
     keys = torch.cat([row * c + ch for _, (_, row, ch) in need])  # (sum M,)
+    if keys.numel() == 0:  # channels reached a tie but no image won it
+        return
     uniq, inverse = torch.unique(keys, return_inverse=True)
     picked = pick(uniq // c, uniq % c)
     picked = picked.reshape(picked.shape[0], -1)  # (U, H*W)
@@ -323,9 +370,10 @@ def _files_and_labels(dataset: Any) -> tuple[list[str], list[int]]:
     return files, labels
 
 
-def _scores_and_maps(act: Tensor, spec: Any, stats: Sequence[str]
-                     ) -> tuple[dict[str, Tensor], Callable[[Tensor, Tensor], Tensor], int, tuple[int, int]]:
-    """Scores ``{stat: (B, C)}``, a map picker ``(rows, channels) -> (M, H, W)``, C and grid.
+def _scores_and_tokens(act: Tensor, spec: Any, stats: Sequence[str]
+                       ) -> tuple[dict[str, Tensor], Tensor, tuple[int, int]]:
+    """Scores ``{stat: (B, C)}``, the activation as ``(B, P, C)`` (P = H*W patch positions,
+    a view where possible) to pick maps from, and the grid ``(H, W)``.
 
     Token layouts (NLC) are reduced along the token axis without building ``(B, C, H, W)``
     maps; only the picked maps are gathered."""
@@ -334,21 +382,69 @@ def _scores_and_maps(act: Tensor, spec: Any, stats: Sequence[str]
     g = spec.grid
     if spec.layout == "NLC" and act.dim() == 3 and g is not None and \
             act.shape[1] - spec.num_prefix_tokens == g[0] * g[1]:
-        tok = act[:, spec.num_prefix_tokens:].float()  # (B, N, C)
+        tok = act[:, spec.num_prefix_tokens:]  # (B, N, C) view, in the forward's dtype
         scores = {}
         for s in stats:
-            if s == "mean":  # a batched GEMV with 1/N weights is faster than mean over axis 1
+            if s == "mean" and tok.dtype == torch.float32:
+                # a batched GEMV with 1/N weights is faster than mean over axis 1 on the CPU
                 w = tok.new_full((tok.shape[0], 1, tok.shape[1]), 1.0 / tok.shape[1])  # (B, 1, N)
                 scores[s] = torch.bmm(w, tok)[:, 0]  # (B, C)
+            elif s == "mean":  # low precision (autocast): accumulate in fp32, no fp32 copy
+                scores[s] = tok.sum(dim=1, dtype=torch.float32) / tok.shape[1]  # (B, C)
             else:
-                scores[s] = tok.amax(dim=1)  # (B, C)
-
-        def pick(rows: Tensor, ch: Tensor) -> Tensor:
-            return tok[rows, :, ch].reshape(-1, g[0], g[1])  # (M, H, W)
-        return scores, pick, tok.shape[2], (int(g[0]), int(g[1]))
+                scores[s] = tok.amax(dim=1).float()  # (B, C), exact in any dtype
+        return scores, tok, (int(g[0]), int(g[1]))
     maps = to_patch_maps(act, spec)  # (B, C, H, W)
-    return ({s: score_maps(maps, s) for s in stats}, lambda rows, ch: maps[rows, ch],
-            maps.shape[1], (int(maps.shape[2]), int(maps.shape[3])))
+    return ({s: score_maps(maps, s) for s in stats}, maps.flatten(2).transpose(1, 2),
+            (int(maps.shape[2]), int(maps.shape[3])))
+
+
+def _picker(sources: list[Tensor], sync_free: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    """``pick(rows (M,), ch (M,)) -> (M, P)`` maps from activations ``[(B, P, C_i), ...]``
+    seen as one ``(B, P, sum C_i)`` tensor.
+
+    Sync-free (accelerators): the sources are concatenated once per batch (a cheap device
+    copy). CPU: no copy; the requested channels are sorted and each hook's segment is
+    gathered from its own tensor (data-dependent sizes cost nothing there)."""
+    if sync_free:
+        cat = torch.cat(sources, dim=2) if len(sources) > 1 else sources[0]  # (B, P, sum C)
+        return lambda rows, ch: cat[rows, :, ch]
+    if len(sources) == 1:
+        return lambda rows, ch: _gather_maps(sources[0], rows, ch)
+    ends = torch.tensor([t.shape[2] for t in sources]).cumsum(0)  # (n,)
+
+    def pick(rows: Tensor, ch: Tensor) -> Tensor:
+        order = ch.argsort()
+        ch_s, rows_s = ch[order], rows[order]
+        cuts = [0] + torch.searchsorted(ch_s, ends.to(ch.device)).tolist()
+        out = sources[0].new_empty((ch.shape[0], sources[0].shape[1]))  # (M, P)
+        for i, src in enumerate(sources):
+            a, b = cuts[i], cuts[i + 1]
+            if b > a:
+                off = int(ends[i]) - src.shape[2]
+                out[order[a:b]] = _gather_maps(src, rows_s[a:b], ch_s[a:b] - off)
+        return out
+    return pick
+
+
+def _gather_maps(src: Tensor, rows: Tensor, ch: Tensor) -> Tensor:
+    """``src[rows, :, ch]`` ``(M, P)`` from ``src (B, P, C)``. Each map is P reads a row
+    apart; when many are wanted (early batches fill the whole top-k) one transposed copy
+    ``(B, C, P)`` makes every map a contiguous row and is cheaper."""
+    b, _, c = src.shape
+    if rows.shape[0] * 4 > b * c:
+        return src.transpose(1, 2).contiguous()[rows, ch]  # (M, P)
+    return src[rows, :, ch]  # (M, P)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers for decoding: one fewer than the CPUs this process may use (the
+    main process runs the model), at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
 
 
 def find_exemplars(
@@ -357,15 +453,16 @@ def find_exemplars(
     hooks: Sequence[str] = ("blocks.11.mlp.hook_post",),
     k: int = 9,
     stats: Sequence[str] = STATISTICS,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     keep_maps: bool = True,
     cache: bool = True,
     device: str | torch.device | None = None,
     data_name: str = "imagenet-sample-1000",
     data_root: str | Path | None = None,
     max_images: int | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = True,
+    amp: bool | None = None,
 ) -> ExemplarResult:
     """Top-k most-activating images of every channel of ``hooks``, in one pass.
 
@@ -376,8 +473,13 @@ def find_exemplars(
             ``eval_transform``.
         hooks: hook names (canonical or raw module paths) resolved by ``vitviz_core.hooks``.
         k: images kept per feature; ``stats``: ``"mean"`` and/or ``"max"`` over patches.
+        batch_size: images per forward pass (default 32 on the CPU, 256 on an accelerator).
         keep_maps: also keep the ``(H, W)`` patch activation map of every kept image.
         cache: read/write ``cache_dir()/exemplars/<key>.pt``.
+        num_workers: DataLoader worker processes decoding images beside the model (default
+            :func:`default_num_workers`; 0 decodes in this process).
+        amp: bf16 autocast for the forward (default: on for CUDA, off elsewhere; the CPU
+            result is then bit-identical whatever the workers and batch size).
     """
     from tqdm.auto import tqdm
 
@@ -415,31 +517,60 @@ def find_exemplars(
                 pass
 
     dev = torch.device(device) if device is not None else model_device(model)
+    accel = dev.type != "cpu"
+    if batch_size is None:
+        batch_size = 256 if accel else 32
+    if num_workers is None:
+        num_workers = default_num_workers() if len(dataset) > batch_size else 0
+    use_amp = (dev.type == "cuda") if amp is None else bool(amp)
     record = ResultRecord.start("find_exemplars", model, dataset, {
-        "hooks": hooks, "k": k, "stats": stats, "keep_maps": keep_maps, "batch_size": batch_size})
-    states: dict[str, dict[str, TopKState]] = {}
+        "hooks": hooks, "k": k, "stats": stats, "keep_maps": keep_maps, "batch_size": batch_size,
+        "amp": use_amp})
+    # Hooks with the same patch grid share one state per statistic over their concatenated
+    # channels: a few large top-k merges per batch instead of hooks x statistics small ones.
+    groups: dict[tuple[int, int], list[str]] = {}
+    channels: dict[str, int] = {}
+    states: dict[tuple[int, int], dict[str, TopKState]] = {}
     grids: dict[str, tuple[int, int] | None] = {}
     offset = 0
-    loader = make_loader(dataset, batch_size, num_workers)
+    loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers,
+                         pin_memory=dev.type == "cuda")
     unfused = any(h.endswith("hook_pattern") for h in hooks)
-    with torch.inference_mode(), capture(module, hooks, stop_early=True,
-                                         unfused_attention=unfused) as cap:
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp)
+    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True,
+                                                   unfused_attention=unfused) as cap:
         for batch in tqdm(loader, desc="exemplars", disable=not progress, leave=False):
             x, _, ids, _ = unpack_batch(batch, offset)
             offset += x.shape[0]
-            cap.forward(x.to(dev))
-            for h in hooks:
-                scores, get_maps, channels, grid = _scores_and_maps(
-                    cap.activations[h], cap.specs.get(h, specs[h]), stats)
-                if h not in states:
-                    grids[h] = grid
-                    states[h] = {s: TopKState(k, channels, grid if keep_maps else None,
-                                              device=x.device) for s in stats}
-                update_states(states[h], scores, ids, get_maps if keep_maps else None)
+            ids = ids.to(dev, non_blocking=True)  # (B,)
+            cap.forward(x.to(dev, non_blocking=True))
+            per = {h: _scores_and_tokens(cap.activations[h], cap.specs.get(h, specs[h]), stats)
+                   for h in hooks}
+            if not states:
+                for h in hooks:
+                    grids[h] = per[h][2]
+                    channels[h] = per[h][1].shape[2]
+                    groups.setdefault(grids[h], []).append(h)
+                states = {g: {s: TopKState(k, sum(channels[h] for h in hs), g if keep_maps else None,
+                                           device=dev) for s in stats} for g, hs in groups.items()}
+            for g, hs in groups.items():
+                scores = {s: torch.cat([per[h][0][s] for h in hs], dim=1) if len(hs) > 1
+                          else per[hs[0]][0][s] for s in stats}  # (B, sum C)
+                pick = _picker([per[h][1] for h in hs], accel) if keep_maps else None
+                update_states(states[g], scores, ids, pick)
+    topk: dict[str, dict[str, FeatureTopK]] = {h: {} for h in hooks}
+    for g, hs in groups.items():
+        for s, st in states[g].items():
+            r = st.result()
+            c0 = 0
+            for h in hs:
+                sl = slice(c0, c0 + channels[h])
+                c0 += channels[h]
+                topk[h][s] = FeatureTopK(values=r.values[:, sl].clone(), indices=r.indices[:, sl].clone(),
+                                         maps=r.maps[:, sl].clone() if r.maps is not None else None)
     files, labels = _files_and_labels(dataset)
     record.finish()
-    res = ExemplarResult(hooks=hooks, stats=stats, k=k,
-                         topk={h: {s: st.result() for s, st in d.items()} for h, d in states.items()},
+    res = ExemplarResult(hooks=hooks, stats=stats, k=k, topk=topk,
                          grids=grids, files=files, labels=labels, record=record.to_dict(),
                          cache_path=str(path) if path is not None else None)
     if path is not None:
