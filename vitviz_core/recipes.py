@@ -57,7 +57,15 @@ class Recipe:
     noise_mode: Literal["pixel", "channel", "none"] = "pixel"  # N(0, s^2) per pixel / per image per channel
     noise_std: float = 0.5                               # s at step 0
     noise_schedule: Literal["linear", "released"] = "linear"    # see augment.noise_std_at
-    order: tuple[str, ...] = ("jitter", "color", "noise")        # applied left to right
+    order: tuple[str, ...] = ("jitter", "color", "noise")        # applied left to right (+ "affine")
+    scale_range: tuple[float, float] = (1.0, 1.0)        # RandomAffine zoom per copy (1, 1 = off)
+    rotate: float = 0.0                                  # RandomAffine rotation, +- degrees
+    shift: float = 0.0                                   # RandomAffine shift, +- fraction of the size
+    # --- image parametrization (vitviz_core.param) ---
+    param: Literal["pixel", "fourier", "maco"] = "pixel"  # what is optimized: pixels / spectrum / phase
+    param_init_std: float | None = None                  # fourier: spectrum std; maco: phase std
+    param_gain: float | None = None                      # fourier: spatial gain; maco: contrast
+    decay_power: float = 1.0                             # fourier: 1/f^decay spectrum scale
     # --- objective ---
     reduce: Literal["mean", "sum"] = "mean"              # over patch tokens (prefix tokens excluded)
     extra_batch_factor: bool = False                     # released: objective divided by n once more
@@ -71,6 +79,7 @@ class Recipe:
     eps: float = 1e-8                                    # Adam eps (paper silent; released: 1e-8)
     steps: int = 400
     anneal_to_zero_at_last_step: bool = False            # cosine T_max = steps - 1 (released) or steps
+    schedule: Literal["cosine", "constant"] = "cosine"   # learning rate over the run
     clamp: tuple[float, float] = (0.0, 1.0)              # pixel range after every step
     init: Literal["uniform"] = "uniform"                 # U(0, 1) pixels
     seed_mode: Literal["mixed", "feature"] = "mixed"     # generator seed: hash(seed, feature) / seed + feature
@@ -91,8 +100,15 @@ class Recipe:
             problems.append(f"noise_mode must be 'pixel', 'channel' or 'none' (got {self.noise_mode!r})")
         if self.noise_schedule not in ("linear", "released"):
             problems.append(f"noise_schedule must be 'linear' or 'released' (got {self.noise_schedule!r})")
-        if sorted(self.order) != sorted(("jitter", "color", "noise")):
-            problems.append(f"order must be a permutation of jitter, color, noise (got {self.order})")
+        if sorted(set(self.order) - {"affine"}) != sorted(("jitter", "color", "noise")) or \
+                len(set(self.order)) != len(self.order):
+            problems.append(f"order must be a permutation of jitter, color, noise (+ affine) (got {self.order})")
+        if "affine" not in self.order and (self.scale_range != (1.0, 1.0) or self.rotate or self.shift):
+            problems.append("scale_range/rotate/shift need 'affine' in order")
+        if self.param not in ("pixel", "fourier", "maco"):
+            problems.append(f"param must be 'pixel', 'fourier' or 'maco' (got {self.param!r})")
+        if self.schedule not in ("cosine", "constant"):
+            problems.append(f"schedule must be 'cosine' or 'constant' (got {self.schedule!r})")
         if self.reduce not in ("mean", "sum"):
             problems.append(f"reduce must be 'mean' or 'sum' (got {self.reduce!r})")
         if self.tv_directions not in (2, 4):
@@ -117,7 +133,25 @@ class Recipe:
         d["order"] = list(self.order)
         d["betas"] = list(self.betas)
         d["clamp"] = list(self.clamp)
+        d["scale_range"] = list(self.scale_range)
         return d
+
+    def make_param(self) -> Any:
+        """The recipe's image parametrization object (:mod:`vitviz_core.param`)."""
+        from vitviz_core.param import FourierParam, MacoParam, PixelParam
+
+        if self.param == "pixel":
+            return PixelParam(self.clamp)
+        opts: dict[str, float] = {}
+        if self.param_init_std is not None:
+            opts["init_std"] = self.param_init_std
+        if self.param == "fourier":
+            if self.param_gain is not None:
+                opts["gain"] = self.param_gain
+            return FourierParam(decay_power=self.decay_power, **opts)
+        if self.param_gain is not None:
+            opts["contrast"] = self.param_gain
+        return MacoParam(**opts)
 
     def replace(self, **overrides: Any) -> "Recipe":
         """A copy with some fields changed; unknown names raise :class:`VitvizError`."""
