@@ -42,3 +42,123 @@ def test_pixel_recipes_bit_exact_against_stored_hash(recipe: str) -> None:
     res = optimize_features(tiny_vit(), HOOK, [0, 3], recipe=recipe, steps=6, n_augment=2, normalize=NORM,
                             input_size=32, seed=0, progress=False)
     assert hashlib.sha256(res.images.numpy().tobytes()).hexdigest() == STORED_SHA256[recipe]
+
+
+# ---------------------------------------------------------------------------------------------
+# parametrizations
+# ---------------------------------------------------------------------------------------------
+
+def test_fourier_zero_spectrum_is_mid_grey() -> None:
+    from vitviz_core.param import FourierParam
+
+    p = FourierParam()
+    params = p.init(2, (16, 20), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert params.shape == (2, 3, 16, 11, 2)
+    img = p.to_image(torch.zeros_like(params))
+    assert img.shape == (2, 3, 16, 20)
+    assert torch.allclose(img, torch.full_like(img, 0.5))
+    # a non-zero spectrum is not grey and stays inside (0, 1)
+    img = p.to_image(params * 100)
+    assert img.std() > 0.01 and 0 < img.min() and img.max() < 1
+
+
+def test_maco_amplitude_never_changes_during_optimization() -> None:
+    from vitviz_core.param import MacoParam
+
+    h, w = 32, 32
+    mag = torch.rand(3, h, w // 2 + 1) + 0.1
+    mag[:, 0, 0] = 0.0                                  # no DC: the signal is standardized anyway
+    p = MacoParam(magnitude=mag.clone())
+    before = p.magnitude.clone()
+    res = optimize_features(tiny_vit(), HOOK, [0, 1], recipe="maco", steps=5, n_augment=2, normalize=NORM,
+                            input_size=32, seed=0, progress=False, param=p)
+    assert torch.equal(p.magnitude, before)
+    assert res.config["param"] == "maco"
+    # the optimized phase changed the image, but its decorrelated signal keeps the template's
+    # amplitude spectrum up to one factor per channel (the standardization)
+    phase0 = p.init(2, (h, w), torch.Generator().manual_seed(1), torch.device("cpu"))
+    phase1 = phase0 + torch.randn_like(phase0)
+    for phase in (phase0, phase1):
+        amp = torch.fft.rfft2(p.spatial(phase), norm="ortho").abs()          # (2, 3, H, W//2+1)
+        ratio = amp[..., 1:, 1:-1] / mag[None, :, 1:, 1:-1]
+        spread = ratio.flatten(2).std(dim=2) / ratio.flatten(2).mean(dim=2)
+        assert spread.max() < 1e-3
+    assert not torch.allclose(p.to_image(phase0), p.to_image(phase1))
+
+
+def test_fourier_and_maco_recipes_raise_the_objective() -> None:
+    for recipe in ("fourier", "maco"):
+        param = None if recipe == "fourier" else __import__("vitviz_core.param", fromlist=["MacoParam"]).MacoParam(
+            magnitude=torch.rand(3, 32, 17) + 0.1)
+        res = optimize_features(tiny_vit(), HOOK, [0, 1], recipe=recipe, steps=12, n_augment=2, normalize=NORM,
+                                input_size=32, seed=0, progress=False, param=param)
+        assert res.images.shape == (2, 3, 32, 32)
+        assert 0 <= res.images.min() and res.images.max() <= 1
+        assert (res.history[-3:].mean(0) > res.history[:3].mean(0)).all(), recipe
+
+
+def test_unknown_param_is_a_clear_error() -> None:
+    from vitviz_core.errors import VitvizError
+
+    with pytest.raises(VitvizError, match="param must be"):
+        optimize_features(tiny_vit(), HOOK, [0], param=42, steps=1, normalize=NORM, input_size=32)
+    with pytest.raises(VitvizError, match="param must be"):
+        optimize_features(tiny_vit(), HOOK, [0], param="wavelet", steps=1, normalize=NORM, input_size=32)
+
+
+# ---------------------------------------------------------------------------------------------
+# quality scores: known answers
+# ---------------------------------------------------------------------------------------------
+
+def test_constant_image_has_zero_spectral_naturalness() -> None:
+    from vitviz_core.quality import hf_share, spectral_naturalness
+
+    const = torch.full((2, 3, 64, 64), 0.3)
+    assert torch.equal(hf_share(const), torch.zeros(2))
+    assert torch.equal(spectral_naturalness(const, reference=0.05), torch.zeros(2))
+
+
+def test_white_noise_share_is_the_area_outside_the_cutoff() -> None:
+    import math
+
+    from vitviz_core.quality import hf_share
+
+    noise = torch.rand(8, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    expected = 1 - math.pi * 0.125 ** 2          # the frequency square [-0.5, 0.5]^2 minus the disc
+    assert hf_share(noise).mean().item() == pytest.approx(expected, abs=0.01)
+    # an image with a natural 1/f^1.5 amplitude spectrum puts far less power above 1/4 Nyquist
+    from vitviz_core.param import spectrum_scale
+
+    spec = torch.polar(spectrum_scale(128, 128, 1.5).expand(8, 128, 65),
+                       torch.rand(8, 128, 65, generator=torch.Generator().manual_seed(1)) * 6.283)
+    pink = torch.fft.irfft2(spec, s=(128, 128))
+    assert hf_share(noise).mean() > 10 * hf_share(pink).mean()
+
+
+@pytest.mark.shared
+def test_white_noise_scores_far_above_natural_images() -> None:
+    from vitviz_core.errors import VitvizError
+    from vitviz_core.param import natural_images
+    from vitviz_core.quality import spectral_naturalness
+
+    try:
+        natural = natural_images(16, (96, 96))
+    except VitvizError as exc:
+        pytest.skip(f"shared data not available: {exc}")
+    noise = torch.rand(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    nat_noise = spectral_naturalness(noise)
+    nat_natural = spectral_naturalness(natural)
+    assert nat_noise.min() > 8 and nat_natural.mean() == pytest.approx(1.0, abs=0.5)
+
+
+def test_seed_stability_and_agreement_known_answers() -> None:
+    from vitviz_core.quality import exemplar_agreement, seed_stability
+
+    a = torch.randn(3, 5, 4)
+    assert torch.allclose(seed_stability(a, a), torch.ones(3))
+    assert torch.allclose(seed_stability(a, -a), -torch.ones(3))
+    ex = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    vis = torch.tensor([[2.0, 0, 0], [0, 0, 1.0]])
+    base = torch.tensor([[1.0, 1.0, 0]])                         # cos 0.707 with both exemplars
+    got = exemplar_agreement(vis, ex, base)
+    assert got.tolist() == pytest.approx([1 - 0.5 ** 0.5, 0 - 0.5 ** 0.5])

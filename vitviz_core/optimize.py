@@ -48,6 +48,7 @@ __all__ = [
     "OptimizationResult",
     "optimize_features",
     "score_images",
+    "estimate_seconds",
     "make_normalize",
     "check_features",
     "cosine_lr",
@@ -266,7 +267,10 @@ def optimize_features(
     if objective is None:
         if hook is None:
             raise VitvizError("give a hook name or an objective")
-        objective = channel(hook, None, rec.reduce)
+        target = hook
+        if rec.objective_on == "pre_activation" and hook.endswith("mlp.hook_post"):
+            target = hook[: -len("hook_post")] + "hook_pre"  # same channel, before the GELU
+        objective = channel(target, None, rec.reduce)
     hook_names = list(dict.fromkeys(([hook] if hook else []) + list(objective.hooks)))
     if not hook_names:
         raise VitvizError("the objective uses no hook point: nothing to run the model for")
@@ -398,6 +402,17 @@ def _run_chunk(net: nn.Module, cap: Any, normalize: Normalize, in_hw: tuple[int,
         if (step + 1) % 25 == 0 or step + 1 == rec.steps:
             bar.set_postfix(objective=f"{history[-1].mean().item():.3g}", refresh=False)
     return current(), torch.stack(history).float().cpu(), snapshots
+
+
+def estimate_seconds(model: Any, hook: str, features: Sequence[int], *, steps: int | None = None,
+                     batch_features: int | None = None, **kwargs: Any) -> float:
+    """Seconds :func:`optimize_features` will take, from one timed step on the real batch
+    (the first chunk of ``batch_features`` features), times the steps and chunks."""
+    feats = list(features)
+    chunk = len(feats) if batch_features is None else int(batch_features)
+    res = optimize_features(model, hook, feats[:chunk], steps=1, progress=False, **kwargs)
+    total_steps = (steps if steps is not None else get_recipe(kwargs.get("recipe", "paper")).steps)
+    return res.seconds * total_steps * math.ceil(len(feats) / chunk)
 
 
 @torch.no_grad()

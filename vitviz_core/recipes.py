@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from vitviz_core.errors import VitvizError
 
-__all__ = ["Recipe", "PAPER", "RELEASED", "RECIPES", "get_recipe"]
+__all__ = ["Recipe", "PAPER", "RELEASED", "FOURIER", "MACO", "RECIPES", "RECIPE_SUMMARY", "get_recipe"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class Recipe:
     # --- objective ---
     reduce: Literal["mean", "sum"] = "mean"              # over patch tokens (prefix tokens excluded)
     extra_batch_factor: bool = False                     # released: objective divided by n once more
+    objective_on: Literal["hook", "pre_activation"] = "hook"  # for mlp.hook_post: the channel itself, or
+                                                         # its input before the GELU (mlp.hook_pre), whose
+                                                         # gradient does not vanish where GELU is flat
     # --- total variation (subtracted: objective - tv_weight * TV) ---
     tv_weight: float = 5e-5                              # lambda
     tv_directions: Literal[2, 4] = 2                     # 2: x, y; 4: x, y and both diagonals
@@ -107,6 +110,8 @@ class Recipe:
             problems.append("scale_range/rotate/shift need 'affine' in order")
         if self.param not in ("pixel", "fourier", "maco"):
             problems.append(f"param must be 'pixel', 'fourier' or 'maco' (got {self.param!r})")
+        if self.objective_on not in ("hook", "pre_activation"):
+            problems.append(f"objective_on must be 'hook' or 'pre_activation' (got {self.objective_on!r})")
         if self.schedule not in ("cosine", "constant"):
             problems.append(f"schedule must be 'cosine' or 'constant' (got {self.schedule!r})")
         if self.reduce not in ("mean", "sum"):
@@ -182,11 +187,40 @@ RELEASED = Recipe(
     seed_mode="feature",
 )
 
-RECIPES: dict[str, Recipe] = {"paper": PAPER, "released": RELEASED}
+#: Fourier parametrization with decorrelated colour (Olah et al. 2017; lucid/lucent), lucid's
+#: transformation robustness (jitter, zoom, rotation) and small pixel noise; no TV, no colour shift.
+FOURIER = Recipe(
+    name="fourier",
+    param="fourier",
+    n_augment=4,
+    jitter=16,
+    color_mode="none",
+    noise_std=0.05,
+    order=("jitter", "color", "noise", "affine"),
+    scale_range=(0.8, 1.2),
+    rotate=10.0,
+    tv_weight=0.0,
+    lr=0.05,
+    steps=128,
+    schedule="constant",
+)
+
+#: Magnitude-constrained optimization (Fel et al. 2023): natural amplitude spectrum, phase optimized.
+MACO = FOURIER.replace(name="maco", param="maco", lr=0.2)
+
+RECIPES: dict[str, Recipe] = {"paper": PAPER, "released": RELEASED, "fourier": FOURIER, "maco": MACO}
+
+#: One line per named recipe (``render --help``, README).
+RECIPE_SUMMARY: dict[str, str] = {
+    "paper": "pixels, Appendix B of Ghiasi et al. (jitter, colour shift, noise, TV; 400 x 8)",
+    "released": "pixels, the authors' released code",
+    "fourier": "1/f Fourier spectrum with decorrelated colour (Olah et al. 2017), jitter/zoom/rotation",
+    "maco": "phase only, natural-image amplitude spectrum (Fel et al. 2023), jitter/zoom/rotation",
+}
 
 
 def get_recipe(recipe: str | Recipe = "paper", **overrides: Any) -> Recipe:
-    """A recipe by name (``"paper"`` or ``"released"``) or as given, with field overrides.
+    """A recipe by name (see :data:`RECIPES`) or as given, with field overrides.
 
     >>> get_recipe("paper", steps=50).steps
     50
