@@ -28,7 +28,7 @@ Printed: one table row per (model, hook, method) and the lines
 
 Usage::
 
-    python benchmarks/vis_quality.py                      # defaults: 128 steps x 4 copies
+    python benchmarks/vis_quality.py                      # defaults: 64 steps x 4 copies, 4 features
     python benchmarks/vis_quality.py --features 4 --steps 64 --models vit-ti16 --horama-hooks 6
 """
 
@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="vit-ti16,dinov2-s14")
     ap.add_argument("--recipes", default="paper,fourier,maco")
-    ap.add_argument("--features", type=int, default=8, help="features per hook (0..N-1)")
-    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--blocks", default=None, help="FFN blocks for every model, e.g. 6 (default: 2,6,10 on "
+                    "vit-ti16, 6 on dinov2-s14)")
+    ap.add_argument("--features", type=int, default=4, help="features per hook (0..N-1)")
+    ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--copies", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool-images", type=int, default=200)
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stability", action="store_true", help="also run a second seed (doubles the cost)")
     ap.add_argument("--horama", default="maco,fourier", help="horama methods ('' = none)")
     ap.add_argument("--horama-hooks", default="6", help="vit-ti16 blocks horama runs on")
-    ap.add_argument("--horama-size", type=int, default=224, help="horama canvas (its default is 1280)")
+    ap.add_argument("--horama-size", type=int, default=1280, help="horama canvas (its default, 1280)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--save", default=None, help="folder for a PNG per (model, hook, method)")
     args = ap.parse_args(argv)
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     for name in [m for m in args.models.split(",") if m]:
         loaded = load_model(name)
-        blocks = HOOKS.get(name, [len(loaded.model.blocks) // 2])
+        blocks = ([int(b) for b in args.blocks.split(",")] if args.blocks
+                  else HOOKS.get(name, [len(loaded.model.blocks) // 2]))
         found = find_exemplars(loaded, None, hooks=[_hook(b) for b in blocks], k=8, stats=("mean",),
                                keep_maps=False, max_images=args.pool_images, progress=False)
         for b in blocks:

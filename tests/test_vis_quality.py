@@ -90,11 +90,13 @@ def test_fourier_and_maco_recipes_raise_the_objective() -> None:
     for recipe in ("fourier", "maco"):
         param = None if recipe == "fourier" else __import__("vitviz_core.param", fromlist=["MacoParam"]).MacoParam(
             magnitude=torch.rand(3, 32, 17) + 0.1)
-        res = optimize_features(tiny_vit(), HOOK, [0, 1], recipe=recipe, steps=12, n_augment=2, normalize=NORM,
+        # without augmentations the ascent is deterministic: the objective must rise
+        res = optimize_features(tiny_vit(), HOOK, [0, 1], recipe=recipe, steps=12, n_augment=1, jitter=0,
+                                noise_mode="none", scale_range=(1.0, 1.0), rotate=0.0, normalize=NORM,
                                 input_size=32, seed=0, progress=False, param=param)
         assert res.images.shape == (2, 3, 32, 32)
         assert 0 <= res.images.min() and res.images.max() <= 1
-        assert (res.history[-3:].mean(0) > res.history[:3].mean(0)).all(), recipe
+        assert (res.history[-1] > res.history[0] + 0.01).all(), (recipe, res.history[[0, -1]])
 
 
 def test_unknown_param_is_a_clear_error() -> None:
@@ -142,10 +144,10 @@ def test_white_noise_scores_far_above_natural_images() -> None:
     from vitviz_core.quality import spectral_naturalness
 
     try:
-        natural = natural_images(16, (96, 96))
+        natural = natural_images(16, (224, 224))
     except VitvizError as exc:
         pytest.skip(f"shared data not available: {exc}")
-    noise = torch.rand(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     nat_noise = spectral_naturalness(noise)
     nat_natural = spectral_naturalness(natural)
     assert nat_noise.min() > 8 and nat_natural.mean() == pytest.approx(1.0, abs=0.5)

@@ -200,12 +200,15 @@ FOURIER = Recipe(
     scale_range=(0.8, 1.2),
     rotate=10.0,
     tv_weight=0.0,
+    objective_on="pre_activation",
     lr=0.05,
     steps=128,
     schedule="constant",
 )
 
 #: Magnitude-constrained optimization (Fel et al. 2023): natural amplitude spectrum, phase optimized.
+#: lr 0.2 measured against 0.05 on vit-ti16 block 6 (32 steps x 4 copies): activation 10.5x vs 7.2x
+#: the exemplars', spectral naturalness 0.90 vs 0.66.
 MACO = FOURIER.replace(name="maco", param="maco", lr=0.2)
 
 RECIPES: dict[str, Recipe] = {"paper": PAPER, "released": RELEASED, "fourier": FOURIER, "maco": MACO}
