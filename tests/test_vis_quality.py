@@ -164,3 +164,81 @@ def test_seed_stability_and_agreement_known_answers() -> None:
     base = torch.tensor([[1.0, 1.0, 0]])                         # cos 0.707 with both exemplars
     got = exemplar_agreement(vis, ex, base)
     assert got.tolist() == pytest.approx([1 - 0.5 ** 0.5, 0 - 0.5 ** 0.5])
+
+
+# ---------------------------------------------------------------------------------------------
+# quality_scores end to end, render settings, legible grids
+# ---------------------------------------------------------------------------------------------
+
+def _pool(tmp_path, n: int = 6) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "pool" / "n01440764"
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def test_quality_scores_on_a_tiny_model(tmp_path, monkeypatch) -> None:
+    from vitviz_core.models import load_model
+    from vitviz_core.optimize import score_images
+    from vitviz_core.quality import format_scores, quality_scores
+
+    monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
+    _pool(tmp_path)
+    tiny = load_model("vit_tiny_patch16_224", weights="random", img_size=32, patch_size=8, depth=2,
+                      embed_dim=32, num_heads=2, num_classes=10)
+    vis = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    other = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    sc = quality_scores(tiny, HOOK, [0, 1], vis, images_seed2=vis, pool="pool", pool_root=tmp_path, k=3,
+                        naturalness=False)
+    acts = score_images(tiny, HOOK, vis, [0, 1])
+    assert [s.activation for s in sc] == pytest.approx(acts.tolist())
+    assert [s.seed_stability for s in sc] == pytest.approx([1.0, 1.0])        # same image twice
+    for s in sc:
+        assert s.exemplar_activation is not None and s.exemplar_agreement is not None
+        if s.exemplar_activation > 0:
+            assert s.activation_ratio == pytest.approx(s.activation / s.exemplar_activation)
+    diff = quality_scores(tiny, HOOK, [0, 1], vis, images_seed2=other, exemplars=False, naturalness=False)
+    assert all(s.seed_stability < 1.0 for s in diff) and diff[0].exemplar_agreement is None
+    assert "ratio" in format_scores(sc).splitlines()[0]
+
+
+def test_render_settings_follow_the_profile() -> None:
+    import argparse
+
+    from vitviz_core.render import render_settings
+
+    ns = dict(recipe=None, steps=None, copies=None)
+    assert render_settings(argparse.Namespace(profile="cpu", **ns)) == ("maco", 40, 2)
+    assert render_settings(argparse.Namespace(profile="full", **ns)) == ("paper", 400, 8)
+    assert render_settings(argparse.Namespace(profile="cpu", recipe="paper", steps=100, copies=None)) == \
+        ("paper", 100, 8)
+    assert render_settings(argparse.Namespace(profile="cpu", recipe="fourier", steps=None, copies=4)) == \
+        ("fourier", 40, 4)
+
+
+def test_render_help_lists_every_recipe(capsys) -> None:
+    from vitviz_core import cli
+    from vitviz_core.recipes import RECIPES
+
+    with pytest.raises(SystemExit):
+        cli.main(["render", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in RECIPES) and "--profile" in out and "--scores" in out
+
+
+def test_feature_grid_shows_224px_images_with_uncut_labels() -> None:
+    from vitviz_core.plot import feature_grid
+
+    label = "magnetic compass, an instrument with a long name"
+    fig = feature_grid(torch.rand(3, 3, 224, 224), [label, "b", "c"], ncols=3)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    bbox = ax.get_window_extent()
+    assert bbox.width >= 224 and bbox.height >= 224
+    title = ax.title.get_text()
+    assert title.replace("\n", " ") == label                   # wrapped, never cut
+    assert ax.title.get_window_extent().width <= bbox.width + 1
