@@ -242,3 +242,21 @@ def test_feature_grid_shows_224px_images_with_uncut_labels() -> None:
     title = ax.title.get_text()
     assert title.replace("\n", " ") == label                   # wrapped, never cut
     assert ax.title.get_window_extent().width <= bbox.width + 1
+
+
+def test_recipe_comparison_and_scored_sweep(tmp_path, monkeypatch) -> None:
+    from vitviz_core.models import load_model
+    from vitviz_core.studies import hook_sweep, recipe_comparison
+
+    monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
+    _pool(tmp_path, 10)
+    tiny = load_model("vit_tiny_patch16_224", weights="random", img_size=32, patch_size=8, depth=2,
+                      embed_dim=32, num_heads=2, num_classes=10)
+    cmp = recipe_comparison(tiny, HOOK, [0, 1], recipes=("paper", "fourier"), steps=2, n_augment=1,
+                            pool="pool", pool_root=tmp_path)
+    assert cmp.rows == ["paper", "fourier"] and cmp.images.shape == (4, 3, 32, 32)
+    assert all("x ex." in label for label in cmp.labels)
+    assert {"recipe", "activation / exemplars", "HF energy / natural"} <= set(cmp.table[0])
+    sweep = hook_sweep(tiny, ["blocks.0.mlp.hook_post", HOOK], [0], steps=2, n_augment=1, recipe="fourier",
+                       scores=True, pool="pool", pool_root=tmp_path)
+    assert len(sweep.table) == 2 and sweep.table[0]["recipe"] == "fourier"

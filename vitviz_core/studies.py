@@ -76,12 +76,13 @@ def recipe_ablation(loaded: Any, hook: str, features: Sequence[int], *, steps: i
     return StudyResult(torch.cat(images), labels, rows, len(features), table, seconds)
 
 
-def _exemplars(loaded: Any, hooks: Sequence[str], pool_images: int | None, progress: bool) -> Any:
-    """One exemplar search (top-8 of ``pool_images`` imagenet-sample-1000 images) for all ``hooks``."""
+def _exemplars(loaded: Any, hooks: Sequence[str], pool_images: int | None, progress: bool,
+               pool: str = "imagenet-sample-1000", pool_root: Any = None) -> Any:
+    """One exemplar search (top-8 of ``pool_images`` images of ``pool``) for all ``hooks``."""
     from vitviz_core.evaluate.exemplars import find_exemplars
 
     return find_exemplars(loaded, None, hooks=list(hooks), k=8, stats=("mean",), keep_maps=False,
-                          max_images=pool_images, progress=progress)
+                          data_name=pool, data_root=pool_root, max_images=pool_images, progress=progress)
 
 
 def _scored_row(loaded: Any, hook: str, features: Sequence[int], images: Tensor, found: Any) -> tuple[list[str], dict]:
@@ -101,7 +102,7 @@ def _scored_row(loaded: Any, hook: str, features: Sequence[int], images: Tensor,
 
 def hook_sweep(loaded: Any, hooks: Sequence[str], features: Sequence[int], *, steps: int, n_augment: int = 8,
                seed: int = 0, recipe: str = "paper", progress: bool = False, scores: bool = False,
-               pool_images: int | None = 200) -> StudyResult:
+               pool_images: int | None = 200, pool: str = "imagenet-sample-1000", pool_root: Any = None) -> StudyResult:
     """The same feature indices optimized at several hook points (depths or hook types).
 
     ``scores=True`` labels each image with its quality scores (:mod:`vitviz_core.quality`,
@@ -109,7 +110,7 @@ def hook_sweep(loaded: Any, hooks: Sequence[str], features: Sequence[int], *, st
     activation alone.
     """
     images, labels, table, seconds = [], [], [], 0.0
-    found = _exemplars(loaded, hooks, pool_images, progress) if scores else None
+    found = _exemplars(loaded, hooks, pool_images, progress, pool, pool_root) if scores else None
     for hook in hooks:
         res, clean = _run(loaded, hook, features, recipe=recipe, steps=steps, n_augment=n_augment,
                           seed=seed, progress=progress)
@@ -128,10 +129,11 @@ def hook_sweep(loaded: Any, hooks: Sequence[str], features: Sequence[int], *, st
 
 def recipe_comparison(loaded: Any, hook: str, features: Sequence[int], *,
                       recipes: Sequence[str] = ("paper", "fourier", "maco"), steps: int, n_augment: int = 4,
-                      seed: int = 0, pool_images: int | None = 200, progress: bool = False) -> StudyResult:
+                      seed: int = 0, pool_images: int | None = 200, pool: str = "imagenet-sample-1000",
+                      pool_root: Any = None, progress: bool = False) -> StudyResult:
     """The same features under each named recipe at equal compute (``steps x n_augment`` image
     passes per feature), each image labelled with its quality scores; one table row per recipe."""
-    found = _exemplars(loaded, [hook], pool_images, progress)
+    found = _exemplars(loaded, [hook], pool_images, progress, pool, pool_root)
     images, labels, table, seconds = [], [], [], 0.0
     for recipe in recipes:
         res, _ = _run(loaded, hook, features, recipe=recipe, steps=steps, n_augment=n_augment, seed=seed,
