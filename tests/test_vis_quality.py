@@ -201,6 +201,10 @@ def test_quality_scores_on_a_tiny_model(tmp_path, monkeypatch) -> None:
         assert s.exemplar_activation is not None and s.exemplar_agreement is not None
         if s.exemplar_activation > 0:
             assert s.activation_ratio == pytest.approx(s.activation / s.exemplar_activation)
+    res = optimize_features(tiny, HOOK, [0, 1], steps=2, n_augment=1, progress=False,
+                            scores={"exemplars": False, "naturalness": False})
+    assert [s.feature for s in res.scores] == [0, 1]
+    assert [s.activation for s in res.scores] == pytest.approx(score_images(tiny, HOOK, res.images, [0, 1]).tolist())
     diff = quality_scores(tiny, HOOK, [0, 1], vis, images_seed2=other, exemplars=False, naturalness=False)
     assert all(s.seed_stability < 1.0 for s in diff) and diff[0].exemplar_agreement is None
     assert "ratio" in format_scores(sc).splitlines()[0]

@@ -68,6 +68,7 @@ class OptimizationResult:
     config: dict[str, Any]            # everything that determined the result (recipe, hook, seed, ...)
     seconds: float = 0.0              # wall time of the optimization (model loading excluded)
     labels: list[str] = field(default_factory=list)   # one label per image, e.g. "#12"
+    scores: list[Any] | None = None   # QualityScores per feature (first image each) with scores=...
 
     @property
     def seconds_per_step(self) -> float:
@@ -208,6 +209,7 @@ def optimize_features(
     device: str | torch.device | None = None,
     amp: bool | None = None,
     progress: bool = True,
+    scores: bool | dict[str, Any] = False,
     **recipe_overrides: Any,
 ) -> OptimizationResult:
     """Optimize one image per feature (or ``images_per_feature``) to maximize it.
@@ -236,6 +238,9 @@ def optimize_features(
         device: where to run; must be the model's device (default: the model's device).
         amp: bf16 autocast for the model forward (default: True on CUDA, False elsewhere).
         progress: show a tqdm progress bar.
+        scores: also compute the quality scores of each feature's (first) image
+            (:func:`vitviz_core.quality.quality_scores`; a dict passes options to it, e.g.
+            ``{"exemplars": False}``) into ``result.scores``. Needs a LoadedModel and a hook.
 
     Raises:
         HookError: unknown hook or feature out of range. VitvizError: other bad arguments.
@@ -339,7 +344,7 @@ def optimize_features(
         "torch": torch.__version__,
     }
     labels = [f"#{f}" if m == 1 else f"#{f}.{i}" for f in feats for i in range(m)]
-    return OptimizationResult(
+    result = OptimizationResult(
         images=torch.cat(images),
         features=feats,
         history=torch.cat(histories, dim=1),
@@ -348,6 +353,14 @@ def optimize_features(
         seconds=seconds,
         labels=labels,
     )
+    if scores:
+        if hook is None or not _is_loaded_model(model):
+            raise VitvizError("scores=True needs a LoadedModel and a hook")
+        from vitviz_core.quality import quality_scores
+
+        opts = dict(scores) if isinstance(scores, dict) else {}
+        result.scores = quality_scores(model, hook, feats, result.images[::m], **opts)
+    return result
 
 
 def _run_chunk(net: nn.Module, cap: Any, normalize: Normalize, in_hw: tuple[int, int],
