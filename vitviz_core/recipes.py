@@ -29,6 +29,14 @@ seed                        any                             the feature index
 
 Where the paper's text is silent we follow the released code and say so in the field's
 comment (TV is an L2 norm per direction and channel, averaged over channels; Adam eps 1e-8).
+
+Two more recipes change the image parametrization (:mod:`vitviz_core.param`): ``fourier``
+(1/f spectrum, decorrelated colour; Olah et al. 2017) and ``maco`` (fixed natural amplitude
+spectrum, phase only; Fel et al. 2023). Both use lucid-style transformation robustness (jitter,
+zoom, rotation: :class:`~vitviz_core.augment.RandomAffine`), no TV, a constant learning rate,
+and maximize the FFN channel before its GELU (``objective_on="pre_activation"``), where the
+gradient of a smooth grey start does not vanish. ``benchmarks/vis_quality.py`` compares all
+recipes at equal compute.
 """
 
 from __future__ import annotations
