@@ -94,7 +94,8 @@ def exemplar_rows(loaded: Any, hook: str, features: Sequence[int], vis: Tensor, 
         maps = activation_maps(loaded, x.to(next(loaded.model.parameters()).device), hook, f)
         rows.append({
             "vis": vis[i], "exemplars": images,
-            "title": f"{hook.split('.hook')[0]} #{f}" + (f"\n{captions[i]}" if captions is not None else ""),
+            "title": f"{hook.split('.hook')[0]} #{f}" + (
+                f"\n{captions[i].removeprefix(f'#{f}: ')}" if captions is not None else ""),
             "maps": maps.cpu(),
             "exemplar_labels": [f"{class_name(found.labels[j])} ({v:.2f})" if found.labels else f"{v:.2f}"
                                 for j, v in top],
