@@ -22,11 +22,13 @@ that optimizing each alone would.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vitviz_core.recipes import Recipe
@@ -38,6 +40,7 @@ __all__ = [
     "noise_std_at",
     "FeatureStreams",
     "stream_seeds",
+    "RandomAffine",
     "EnsembleAugment",
 ]
 
@@ -218,13 +221,53 @@ class FeatureStreams:
         return cls(host=host, device=dev)
 
 
+class RandomAffine:
+    """Random zoom, rotation and shift of each copy (bilinear ``grid_sample``, reflected borders).
+
+    Per copy: scale ``s ~ U(scale_range)`` (> 1 zooms in), angle ``~ U(-rotate, rotate)``
+    degrees, and shift ``~ U(-shift, shift)`` as a fraction of the image size. Used by the
+    Fourier/MaCo recipes (lucid's ``random_scale`` + ``random_rotate`` + ``jitter``, in one
+    resampling); the paper's pixel recipes do not use it.
+    """
+
+    def __init__(self, scale_range: tuple[float, float] = (1.0, 1.0), rotate: float = 0.0,
+                 shift: float = 0.0) -> None:
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.rotate = float(rotate)
+        self.shift = float(shift)
+
+    @property
+    def active(self) -> bool:
+        return self.scale_range != (1.0, 1.0) or self.rotate != 0 or self.shift != 0
+
+    def sample(self, n: int, generator: torch.Generator, device: torch.device | str | None = None) -> Tensor:
+        """Affine matrices ``(n, 2, 3)`` for ``F.affine_grid`` (output -> input coordinates)."""
+        device = generator.device if device is None else device
+        u = torch.rand(n, 4, generator=generator, device=device)            # (n, 4)
+        lo, hi = self.scale_range
+        scale = lo + (hi - lo) * u[:, 0]
+        angle = (u[:, 1] * 2 - 1) * math.radians(self.rotate)
+        tx, ty = (u[:, 2] * 2 - 1) * self.shift * 2, (u[:, 3] * 2 - 1) * self.shift * 2
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (n, 2, 3)
+
+    @staticmethod
+    def apply(x: Tensor, theta: Tensor) -> Tensor:
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 class EnsembleAugment:
     """The recipe's augmentation pipeline applied to a batch of images of several features.
 
-    ``images`` (P, 3, H, W) holds ``images_per_stream`` consecutive images per stream
-    (feature); the output (P * n, 3, H, W) holds each image's ``n`` copies consecutively.
-    For each stream, in stream order, the random numbers are drawn in a fixed order
-    (jitter offsets, colour ``mu``, ``sigma``, noise) whatever order they are applied in.
+    The recipe builds a list of transform objects (:class:`Jitter`, :class:`ColorShift`,
+    :class:`GaussianNoise`, :class:`RandomAffine`), each with a ``sample`` step (all its
+    randomness, from the feature's generators) and an ``apply`` step (deterministic,
+    differentiable). ``images`` (P, 3, H, W) holds ``images_per_stream`` consecutive images per
+    stream (feature); the output (P * n, 3, H, W) holds each image's ``n`` copies consecutively.
+    For each stream, in stream order, the random numbers are drawn in a fixed order (jitter
+    offsets, colour ``mu``, ``sigma``, noise, affine) whatever order they are applied in
+    (``recipe.order``).
     """
 
     def __init__(self, recipe: Recipe) -> None:
@@ -235,6 +278,21 @@ class EnsembleAugment:
                       else ColorShift(recipe.color_mu, recipe.color_log_sigma, recipe.color_mode))
         self.noise = (None if recipe.noise_mode == "none"
                       else GaussianNoise(recipe.noise_std, recipe.noise_mode, recipe.noise_schedule))
+        affine = RandomAffine(recipe.scale_range, recipe.rotate, recipe.shift)
+        self.affine = affine if affine.active else None
+        #: (name, transform) in drawing order; ``None`` entries are off in this recipe
+        self.transforms: list[tuple[str, object | None]] = [
+            ("jitter", self.jitter), ("color", self.color), ("noise", self.noise), ("affine", self.affine)]
+
+    def _draw(self, name: str, t: object, m: int, n: int, s: FeatureStreams, shape: tuple[int, int, int],
+              std: float, device: torch.device) -> object:
+        if name == "jitter":
+            return self.jitter.sample(m, n, s.host)
+        if name == "color":
+            return self.color.sample(m * n, s.device, device, shape[0])
+        if name == "noise":
+            return self.noise.sample(m * n, shape, std, s.device, device)
+        return self.affine.sample(m * n, s.device, device)
 
     def __call__(self, images: Tensor, streams: Sequence[FeatureStreams], step: int, steps: int,
                  images_per_stream: int = 1) -> Tensor:
@@ -243,22 +301,22 @@ class EnsembleAugment:
         if p != len(streams) * m:
             raise ValueError(f"{p} images for {len(streams)} streams x {m} images")
         std = self.noise.std_at(step, steps) if self.noise is not None else 0.0
-        offsets, mus, sigmas, noises = [], [], [], []
+        active = [(name, t) for name, t in self.transforms if t is not None]
+        drawn: dict[str, list] = {name: [] for name, _ in active}
         for s in streams:  # per-feature draws: batching does not change any stream
-            offsets.append(self.jitter.sample(m, n, s.host))
-            if self.color is not None:
-                mu, sigma = self.color.sample(m * n, s.device, images.device, c)
-                mus.append(mu)
-                sigmas.append(sigma)
-            if self.noise is not None:
-                noises.append(self.noise.sample(m * n, (c, h, w), std, s.device, images.device))
+            for name, t in active:
+                drawn[name].append(self._draw(name, t, m, n, s, (c, h, w), std, images.device))
         x = images.repeat_interleave(n, dim=0)  # (P * n, C, H, W)
         for name in self.recipe.order:
+            if name not in drawn:
+                continue
             if name == "jitter" and self.jitter.max_shift > 0:
-                x = self.jitter.apply(x, torch.cat(offsets))
-            elif name == "color" and self.color is not None:
-                x = self.color.apply(x, (torch.cat(mus), torch.cat(sigmas)))
-            elif name == "noise" and self.noise is not None and std > 0:
-                x = GaussianNoise.apply(x, torch.cat(noises))
+                x = self.jitter.apply(x, torch.cat(drawn[name]))
+            elif name == "color":
+                x = self.color.apply(x, (torch.cat([d[0] for d in drawn[name]]),
+                                         torch.cat([d[1] for d in drawn[name]])))
+            elif name == "noise" and std > 0:
+                x = GaussianNoise.apply(x, torch.cat(drawn[name]))
+            elif name == "affine":
+                x = RandomAffine.apply(x, torch.cat(drawn[name]))
         return x
-

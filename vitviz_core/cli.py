@@ -60,6 +60,18 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return render_command(args)
 
 
+def _recipe_names() -> list[str]:
+    from vitviz_core.recipes import RECIPES
+
+    return sorted(RECIPES)
+
+
+def _recipe_help() -> dict[str, str]:
+    from vitviz_core.recipes import RECIPE_SUMMARY
+
+    return RECIPE_SUMMARY
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m vitviz_core``."""
     parser = argparse.ArgumentParser(prog="python -m vitviz_core", description=__doc__.split("\n")[0])
@@ -79,8 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="auto", help="auto | builtin | hub | random | PATH")
     p.add_argument("--hook", default="blocks.6.mlp.hook_post", help="hook name (see `hooks`)")
     p.add_argument("--features", default="0-7", help="e.g. 0-15 or 3,7,42")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--recipe", default="paper", choices=["paper", "released"])
+    p.add_argument("--profile", default="cpu", choices=["cpu", "full"],
+                   help="cpu: the fast recipe and a budget of minutes on a laptop (README example about 2 "
+                        "minutes on 2 cores); full: the paper recipe at 400 steps x 8 copies (GPU)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the profile's)")
+    p.add_argument("--copies", type=int, default=None, help="augmented copies per feature per step "
+                   "(default: the profile's)")
+    p.add_argument("--recipe", default=None, choices=_recipe_names(),
+                   help="; ".join(f"{k}: {v}" for k, v in _recipe_help().items()) + " (default: the profile's)")
+    p.add_argument("--scores", action="store_true", help="print the quality scores of every visualization "
+                   "(activation vs exemplars, spectral naturalness, exemplar agreement)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps")
     p.add_argument("--image-size", type=int, default=None, help="size of the optimized canvas (resized to the model input); default: the input size")

@@ -29,7 +29,7 @@ def _hwc(image: Any) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def feature_panel(rows: Sequence[dict], *, cell_inches: float = 1.5, fontsize: float = 8.0) -> Figure:
+def feature_panel(rows: Sequence[dict], *, cell_inches: float = 2.4, fontsize: float = 9.0) -> Figure:
     """One row per feature: its visualization, then exemplars with activation-map overlays.
 
     Each row is a dict with ``vis`` ((3, H, W) in [0, 1]), ``title`` (str), ``exemplars``
@@ -39,14 +39,19 @@ def feature_panel(rows: Sequence[dict], *, cell_inches: float = 1.5, fontsize: f
     """
     if not rows:
         raise ValueError("feature_panel needs at least one row")
+    from vitviz_core.plot import wrap_label
+
     ncols = 1 + max(len(r.get("exemplars", [])) for r in rows)
-    fig = Figure(figsize=(ncols * cell_inches, len(rows) * (cell_inches + 0.3)))
+    lines = max(wrap_label(t, cell_inches, fontsize).count("\n") + 1 for r in rows
+                for t in [r.get("title", ""), *(r.get("exemplar_labels") or [""])])
+    label_h = lines * fontsize * 1.35 / 72 + 0.08
+    fig = Figure(figsize=(ncols * cell_inches * 1.02, len(rows) * (cell_inches + label_h)), dpi=100)
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     for r, row in enumerate(rows):
         for ax in axes[r]:
             ax.set_axis_off()
         axes[r, 0].imshow(_hwc(row["vis"]))
-        axes[r, 0].set_title(row.get("title", ""), fontsize=fontsize)
+        axes[r, 0].set_title(wrap_label(row.get("title", ""), cell_inches, fontsize), fontsize=fontsize)
         maps = row.get("maps")
         labels = row.get("exemplar_labels") or [""] * len(row.get("exemplars", []))
         for j, image in enumerate(row.get("exemplars", [])):
@@ -57,19 +62,22 @@ def feature_panel(rows: Sequence[dict], *, cell_inches: float = 1.5, fontsize: f
                 m = (m - m.min()) / (m.max() - m.min() + 1e-8)
                 ax.imshow(m, cmap="inferno", alpha=0.45, extent=(-0.5, image.shape[-1] - 0.5,
                                                                   image.shape[-2] - 0.5, -0.5))
-            ax.set_title(labels[j], fontsize=fontsize - 1)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.01, wspace=0.04, hspace=0.25)
+            ax.set_title(wrap_label(labels[j], cell_inches, fontsize - 1), fontsize=fontsize - 1)
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.005, right=0.995, top=1 - label_h / height, bottom=0.005, wspace=0.03,
+                        hspace=label_h / cell_inches + 0.02)
     return fig
 
 
 def exemplar_rows(loaded: Any, hook: str, features: Sequence[int], vis: Tensor, *,
                   pool: str = "imagenet-sample-1000", pool_root: Any = None, pool_images: int | None = None,
-                  k: int = 4, progress: bool = False) -> list[dict]:
+                  k: int = 4, progress: bool = False, captions: Sequence[str] | None = None) -> list[dict]:
     """Rows for :func:`feature_panel`: each feature's visualization beside its top-``k``
     images from the image folder ``pool`` (found under ``pool_root`` or the configured
     data root; ``pool_images`` spread evenly over it) and their activation maps.
 
-    ``vis`` is (K, 3, H, W), one visualization per feature, in the order of ``features``.
+    ``vis`` is (K, 3, H, W), one visualization per feature, in the order of ``features``;
+    ``captions`` (one per feature, e.g. its quality scores) go under the feature's title.
     """
     from vitviz_core.data import class_name
     from vitviz_core.evaluate.exemplars import activation_maps, find_exemplars
@@ -85,9 +93,12 @@ def exemplar_rows(loaded: Any, hook: str, features: Sequence[int], vis: Tensor, 
         x = torch.stack([loaded.normalize(img[None])[0] for img in images])     # (k, 3, H, W)
         maps = activation_maps(loaded, x.to(next(loaded.model.parameters()).device), hook, f)
         rows.append({
-            "vis": vis[i], "title": f"{hook.split('.hook')[0]} #{f}", "exemplars": images,
+            "vis": vis[i], "exemplars": images,
+            "title": f"{hook.split('.hook')[0]} #{f}" + (
+                f"\n{captions[i].removeprefix(f'#{f}: ')}" if captions is not None else ""),
             "maps": maps.cpu(),
-            "exemplar_labels": [class_name(found.labels[j])[:14] if found.labels else "" for j, _ in top],
+            "exemplar_labels": [f"{class_name(found.labels[j])} ({v:.2f})" if found.labels else f"{v:.2f}"
+                                for j, v in top],
         })
     return rows
 
@@ -100,7 +111,7 @@ class FeatureExplorer:
         pool, pool_root, pool_images: the image folder searched for exemplars (see
             :func:`exemplar_rows`).
         hook_template: hook name with ``{i}`` for the block index.
-        steps, n_augment: optimizer settings (the chapter's profile).
+        steps, n_augment, recipe: optimizer settings (the chapter's profile).
         k: exemplars per feature.
         default: (model name, layer, feature) drawn by :meth:`default_figure`.
     """
@@ -108,13 +119,13 @@ class FeatureExplorer:
     def __init__(self, models: dict[str, Any], pool: str = "imagenet-sample-1000", *, pool_root: Any = None,
                  pool_images: int | None = None, hook_template: str = "blocks.{i}.mlp.hook_post",
                  steps: int = 100, n_augment: int = 4, k: int = 4,
-                 default: tuple[str, int, int] | None = None, seed: int = 0) -> None:
+                 default: tuple[str, int, int] | None = None, seed: int = 0, recipe: str = "paper") -> None:
         if not models:
             raise ValueError("FeatureExplorer needs at least one model")
         self.models = dict(models)
         self.pool = dict(pool=pool, pool_root=pool_root, pool_images=pool_images)
         self.hook_template = hook_template
-        self.steps, self.n_augment, self.k, self.seed = steps, n_augment, k, seed
+        self.steps, self.n_augment, self.k, self.seed, self.recipe = steps, n_augment, k, seed, recipe
         first = next(iter(self.models))
         self.default = default or (first, self._depth(first) // 2, 0)
         self._widget = None
@@ -128,8 +139,8 @@ class FeatureExplorer:
 
         loaded = self.models[model_name]
         hook = self.hook_template.format(i=layer)
-        res = optimize_features(loaded, hook, [feature], steps=self.steps, n_augment=self.n_augment,
-                                seed=self.seed, progress=progress)
+        res = optimize_features(loaded, hook, [feature], recipe=self.recipe, steps=self.steps,
+                                n_augment=self.n_augment, seed=self.seed, progress=progress)
         rows = exemplar_rows(loaded, hook, [feature], res.images, k=self.k, **self.pool)
         rows[0]["title"] = f"{model_name} {rows[0]['title']}"
         return feature_panel(rows)

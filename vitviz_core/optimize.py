@@ -41,12 +41,14 @@ from tqdm.auto import tqdm
 from vitviz_core.augment import EnsembleAugment, FeatureStreams
 from vitviz_core.errors import HookError, VitvizError
 from vitviz_core.objectives import Objective, ObjectiveContext, channel, total_variation
+from vitviz_core.param import Parametrization, get_param
 from vitviz_core.recipes import Recipe, get_recipe
 
 __all__ = [
     "OptimizationResult",
     "optimize_features",
     "score_images",
+    "estimate_seconds",
     "make_normalize",
     "check_features",
     "cosine_lr",
@@ -66,6 +68,7 @@ class OptimizationResult:
     config: dict[str, Any]            # everything that determined the result (recipe, hook, seed, ...)
     seconds: float = 0.0              # wall time of the optimization (model loading excluded)
     labels: list[str] = field(default_factory=list)   # one label per image, e.g. "#12"
+    scores: list[Any] | None = None   # QualityScores per feature (first image each) with scores=...
 
     @property
     def seconds_per_step(self) -> float:
@@ -195,6 +198,7 @@ def optimize_features(
     *,
     objective: Objective | None = None,
     recipe: str | Recipe = "paper",
+    param: Any = None,
     normalize: Normalize | tuple | None = None,
     input_size: int | Sequence[int] | None = None,
     image_size: int | Sequence[int] | None = None,
@@ -205,6 +209,7 @@ def optimize_features(
     device: str | torch.device | None = None,
     amp: bool | None = None,
     progress: bool = True,
+    scores: bool | dict[str, Any] = False,
     **recipe_overrides: Any,
 ) -> OptimizationResult:
     """Optimize one image per feature (or ``images_per_feature``) to maximize it.
@@ -220,6 +225,9 @@ def optimize_features(
             released recipe's 1/n factor) is still applied on top.
         recipe: ``"paper"``, ``"released"`` or a :class:`Recipe`; ``recipe_overrides`` change
             single fields (``steps=200``, ``n_augment=4``, ``tv_weight=0``...).
+        param: the image parametrization: ``"pixel"``, ``"fourier"``, ``"maco"`` or an object
+            with ``init``/``to_image``/``post_step`` (:mod:`vitviz_core.param`); default: the
+            recipe's (``pixel`` for ``paper`` and ``released``).
         normalize: callable on (B, 3, H, W) in [0, 1], or a ``(mean, std)`` pair.
         input_size: the model's input (H, W); the augmented batch is resized to it.
         image_size: size of the optimized image (default: the input size).
@@ -230,6 +238,9 @@ def optimize_features(
         device: where to run; must be the model's device (default: the model's device).
         amp: bf16 autocast for the model forward (default: True on CUDA, False elsewhere).
         progress: show a tqdm progress bar.
+        scores: also compute the quality scores of each feature's (first) image
+            (:func:`vitviz_core.quality.quality_scores`; a dict passes options to it, e.g.
+            ``{"exemplars": False}``) into ``result.scores``. Needs a LoadedModel and a hook.
 
     Raises:
         HookError: unknown hook or feature out of range. VitvizError: other bad arguments.
@@ -237,6 +248,12 @@ def optimize_features(
     from vitviz_core.hooks import capture, resolve_hook
 
     rec = get_recipe(recipe, **recipe_overrides)
+    if param is None:
+        parametrization = rec.make_param()
+    elif isinstance(param, str):
+        parametrization = rec.replace(param=param).make_param()
+    else:
+        parametrization = get_param(param)
     net, norm_fn, in_hw, info = _unpack_model(model, normalize, input_size)
     img_hw = in_hw if image_size is None else (
         (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size))
@@ -255,7 +272,10 @@ def optimize_features(
     if objective is None:
         if hook is None:
             raise VitvizError("give a hook name or an objective")
-        objective = channel(hook, None, rec.reduce)
+        target = hook
+        if rec.objective_on == "pre_activation" and hook.endswith("mlp.hook_post"):
+            target = hook[: -len("hook_post")] + "hook_pre"  # same channel, before the GELU
+        objective = channel(target, None, rec.reduce)
     hook_names = list(dict.fromkeys(([hook] if hook else []) + list(objective.hooks)))
     if not hook_names:
         raise VitvizError("the objective uses no hook point: nothing to run the model for")
@@ -296,7 +316,7 @@ def optimize_features(
                                       unfused_attention=unfused) as cap:
             for part in chunks:
                 img, hist, snap = _run_chunk(net, cap, norm_fn, in_hw, img_hw, total, part, rec, augment,
-                                             seed, m, dev, use_amp, snaps, bar)
+                                             parametrization, seed, m, dev, use_amp, snaps, bar)
                 images.append(img)
                 histories.append(hist)
                 for s, t in snap.items():
@@ -311,6 +331,7 @@ def optimize_features(
         "objective": total.description,
         "features": feats,
         "recipe": rec.to_dict(),
+        "param": getattr(parametrization, "name", type(parametrization).__name__),
         "steps": rec.steps,
         "seed": int(seed),
         "image_size": list(img_hw),
@@ -323,7 +344,7 @@ def optimize_features(
         "torch": torch.__version__,
     }
     labels = [f"#{f}" if m == 1 else f"#{f}.{i}" for f in feats for i in range(m)]
-    return OptimizationResult(
+    result = OptimizationResult(
         images=torch.cat(images),
         features=feats,
         history=torch.cat(histories, dim=1),
@@ -332,40 +353,53 @@ def optimize_features(
         seconds=seconds,
         labels=labels,
     )
+    if scores:
+        if hook is None or not _is_loaded_model(model):
+            raise VitvizError("scores=True needs a LoadedModel and a hook")
+        from vitviz_core.quality import quality_scores
+
+        opts = dict(scores) if isinstance(scores, dict) else {}
+        result.scores = quality_scores(model, hook, feats, result.images[::m], **opts)
+    return result
 
 
 def _run_chunk(net: nn.Module, cap: Any, normalize: Normalize, in_hw: tuple[int, int],
                img_hw: tuple[int, int], objective: Objective, feats: list[int], rec: Recipe,
-               augment: EnsembleAugment, seed: int, m: int, dev: torch.device, use_amp: bool,
-               snaps: list[int], bar: Any) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+               augment: EnsembleAugment, parametrization: Parametrization, seed: int, m: int,
+               dev: torch.device, use_amp: bool, snaps: list[int],
+               bar: Any) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
     """One optimization run of ``len(feats)`` features: images (P, 3, H, W), history (steps, K)."""
     k, n = len(feats), rec.n_augment
     p = k * m
     streams = [FeatureStreams.create(seed, f, dev, rec.seed_mode) for f in feats]
-    h, w = img_hw
-    init = [torch.rand(m, 3, h, w, generator=s.device, device=dev) for s in streams]
-    param = torch.cat(init).requires_grad_(True)                           # (P, 3, H, W)
+    init = [parametrization.init(m, img_hw, s.device, dev) for s in streams]
+    param = torch.cat(init).requires_grad_(True)                           # (P, ...) e.g. (P, 3, H, W)
     opt = torch.optim.Adam([param], lr=rec.lr, betas=rec.betas, eps=rec.eps)
     sample_feats = torch.tensor(feats, device=dev).repeat_interleave(m * n)  # (B,)
-    lo, hi = rec.clamp
     history: list[Tensor] = []
     snapshots: dict[int, Tensor] = {}
+
+    def current() -> Tensor:
+        with torch.no_grad():
+            return parametrization.to_image(param).detach().float().cpu().clone()  # (P, 3, H, W)
+
     if 0 in snaps:
-        snapshots[0] = param.detach().float().cpu().clone()
+        snapshots[0] = current()
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_amp
                 else contextlib.nullcontext())
     t_max = rec.cosine_t_max
     for step in range(rec.steps):
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, rec.lr, t_max)
-        batch = augment(param, streams, step, rec.steps, images_per_stream=m)  # (B, 3, H, W)
+            group["lr"] = cosine_lr(step, rec.lr, t_max) if rec.schedule == "cosine" else rec.lr
+        image = parametrization.to_image(param)                            # (P, 3, H, W) in [0, 1]
+        batch = augment(image, streams, step, rec.steps, images_per_stream=m)  # (B, 3, H, W)
         x = batch
         if tuple(x.shape[-2:]) != in_hw:
             x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
         x = normalize(x)                                                   # (B, 3, h, w)
         with autocast:
             cap.forward(x)
-        ctx = ObjectiveContext(activations=dict(cap.activations), specs=dict(cap.specs), images=param,
+        ctx = ObjectiveContext(activations=dict(cap.activations), specs=dict(cap.specs), images=image,
                                augmented=batch, features=sample_feats, n_copies=n, images_per_group=m)
         values = objective(ctx).float()                                    # (B,)
         per_image = values.view(p, n).mean(dim=1)                          # (P,)
@@ -373,15 +407,25 @@ def _run_chunk(net: nn.Module, cap: Any, normalize: Normalize, in_hw: tuple[int,
         (grad,) = torch.autograd.grad(loss, [param])
         param.grad = grad
         opt.step()
-        with torch.no_grad():
-            param.clamp_(lo, hi)
+        parametrization.post_step(param)
         history.append(per_image.detach().view(k, m).mean(dim=1))         # (K,)
         if step + 1 in snaps:
-            snapshots[step + 1] = param.detach().float().cpu().clone()
+            snapshots[step + 1] = current()
         bar.update(1)
         if (step + 1) % 25 == 0 or step + 1 == rec.steps:
             bar.set_postfix(objective=f"{history[-1].mean().item():.3g}", refresh=False)
-    return param.detach().float().cpu(), torch.stack(history).float().cpu(), snapshots
+    return current(), torch.stack(history).float().cpu(), snapshots
+
+
+def estimate_seconds(model: Any, hook: str, features: Sequence[int], *, steps: int | None = None,
+                     batch_features: int | None = None, **kwargs: Any) -> float:
+    """Seconds :func:`optimize_features` will take, from one timed step on the real batch
+    (the first chunk of ``batch_features`` features), times the steps and chunks."""
+    feats = list(features)
+    chunk = len(feats) if batch_features is None else int(batch_features)
+    res = optimize_features(model, hook, feats[:chunk], steps=1, progress=False, **kwargs)
+    total_steps = (steps if steps is not None else get_recipe(kwargs.get("recipe", "paper")).steps)
+    return res.seconds * total_steps * math.ceil(len(feats) / chunk)
 
 
 @torch.no_grad()

@@ -28,6 +28,9 @@ class Profile:
     pool_images: int | None  # images of imagenet-sample-1000 used for exemplar search / fitting
     batch_size: int          # inference batch size
     bootstrap: int           # bootstrap resamples for confidence intervals
+    vis_recipe: str = "paper"   # feature-visualization recipe the chapters and `render` use
+    render_steps: int = 400     # `render` steps when --steps is not given
+    render_augment: int = 8     # `render` augmented copies per feature per step
 
     def describe(self) -> str:
         """One line naming the profile and its main settings (for figure captions)."""
@@ -43,11 +46,11 @@ PROFILES: dict[str, Profile] = {
     # Executed by CI and the default book build on a 2-core CPU: minutes per chapter.
     "cpu": Profile(name="cpu", device="cpu", steps=40, n_augment=2, n_features=2,
                    image_size=None, eval_images=1300, pool_images=200, batch_size=50,
-                   bootstrap=1000),
+                   bootstrap=1000, vis_recipe="maco", render_steps=40, render_augment=2),
     # The paper's settings (Appendix B) and whole samples; meant for a GPU.
     "full": Profile(name="full", device="cuda", steps=400, n_augment=8, n_features=16,
                     image_size=None, eval_images=None, pool_images=None, batch_size=128,
-                    bootstrap=2000),
+                    bootstrap=2000, vis_recipe="paper", render_steps=400, render_augment=8),
 }
 
 

@@ -3,7 +3,8 @@
 Example::
 
     python -m vitviz_core render --model vit-ti16 --hook blocks.6.mlp.hook_post \\
-        --features 0-15 --steps 400 --out grid.png
+        --features 0-15 --out grid.png                     # cpu profile: fast recipe, ~2 min
+    python -m vitviz_core render ... --profile full        # the paper's recipe, 400 x 8 (GPU)
 
 Every argument is checked before the (long) optimization starts: the output path, the step
 count, the feature list, the device, then the model, the hook and the feature range. Bad input
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from vitviz_core.errors import VitvizError
 
-__all__ = ["parse_features", "check_output_path", "check_device", "render_command"]
+__all__ = ["parse_features", "check_output_path", "check_device", "render_settings", "render_command"]
 
 _TOKEN = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -87,11 +88,34 @@ def check_device(device: str) -> str:
     return device
 
 
+def render_settings(args: argparse.Namespace) -> tuple[str, int, int]:
+    """``(recipe, steps, copies)`` from ``--profile``, ``--recipe``, ``--steps`` and ``--copies``.
+
+    Without ``--steps`` the profile decides: ``cpu`` runs its fast recipe
+    (``Profile.vis_recipe``) at ``render_steps x render_augment``; ``full`` the paper's recipe
+    at 400 x 8. ``--steps`` alone keeps the recipe's own number of copies.
+    """
+    from vitviz_core.profiles import get_profile
+    from vitviz_core.recipes import get_recipe
+
+    prof = get_profile(getattr(args, "profile", None) or "cpu")
+    recipe = args.recipe or prof.vis_recipe
+    if args.steps is None:
+        steps, copies = prof.render_steps, prof.render_augment
+    else:
+        steps, copies = args.steps, get_recipe(recipe).n_augment
+    if getattr(args, "copies", None) is not None:
+        copies = args.copies
+    return recipe, steps, copies
+
+
 def render_command(args: argparse.Namespace) -> int:
     """Run ``render`` with the parsed arguments of :func:`vitviz_core.cli.build_parser`."""
     # 1. cheap checks first: nothing slow happens before the arguments are known to be good
-    if args.steps is None or args.steps <= 0:
+    if args.steps is not None and args.steps <= 0:
         raise VitvizError(f"--steps must be a positive integer (got {args.steps})")
+    if getattr(args, "copies", None) is not None and args.copies <= 0:
+        raise VitvizError(f"--copies must be a positive integer (got {args.copies})")
     if args.image_size is not None and args.image_size <= 0:
         raise VitvizError(f"--image-size must be positive (got {args.image_size})")
     if args.batch_features is not None and args.batch_features <= 0:
@@ -99,28 +123,43 @@ def render_command(args: argparse.Namespace) -> int:
     features = parse_features(args.features)
     out = check_output_path(args.out)
     device = check_device(args.device)
+    recipe, steps, copies = render_settings(args)
 
     # 2. the model, the hook and the feature range (HookError / UnknownModelError)
     from vitviz_core.hooks import resolve_hook
     from vitviz_core.models import load_model
-    from vitviz_core.optimize import check_features, optimize_features
+    from vitviz_core.optimize import check_features, estimate_seconds, optimize_features
     from vitviz_core.plot import save_grid_png
 
     loaded = load_model(args.model, weights=args.weights, device=device, seed=args.seed)
     spec = resolve_hook(loaded.model, args.hook)
     check_features(features, spec, args.hook)
 
-    # 3. the optimization
-    result = optimize_features(
-        loaded, args.hook, features, recipe=args.recipe, steps=args.steps, seed=args.seed,
-        image_size=args.image_size, batch_features=args.batch_features, progress=not args.quiet,
-    )
+    # 3. the optimization, with an ETA measured on one step of the real batch
+    run = dict(recipe=recipe, steps=steps, n_augment=copies, seed=args.seed, image_size=args.image_size,
+               batch_features=args.batch_features)
+    eta = estimate_seconds(loaded, args.hook, features, **run)
+    print(f"render: {len(features)} features of {args.hook} ({loaded.name}), {recipe} recipe, {steps} steps x "
+          f"{copies} copies on {device}; ETA about {_clock(eta)}", flush=True)
+    result = optimize_features(loaded, args.hook, features, progress=not args.quiet, **run)
     init = "" if loaded.pretrained else ", random init"
-    title = (f"{loaded.name} ({loaded.arch}{init}) {args.hook}: {args.recipe} recipe, "
-             f"{args.steps} steps, seed {args.seed}")
+    title = (f"{loaded.name} ({loaded.arch}{init}) {args.hook}: {recipe} recipe, "
+             f"{steps} steps x {copies} copies, seed {args.seed}")
+    labels = result.labels
+    if args.scores:
+        from vitviz_core.quality import format_scores, quality_scores
+
+        scores = quality_scores(loaded, args.hook, result.features, result.images, progress=not args.quiet)
+        labels = [f"#{s.feature}\n{s.caption()}" for s in scores]
     meta = {"Software": "vitviz_core", "Description": json.dumps(result.config, default=str)}
-    save_grid_png(result.images, result.labels, out, title=title, metadata=meta)
+    save_grid_png(result.images, labels, out, title=title, metadata=meta)
     what = f"{len(features)} feature{'s' if len(features) != 1 else ''}"
-    print(f"wrote {out}: {what} of {args.hook} ({loaded.name}, {args.recipe} recipe, "
-          f"{args.steps} steps) in {result.seconds:.1f} s ({result.seconds_per_step:.3f} s/step)")
+    print(f"wrote {out}: {what} of {args.hook} ({loaded.name}, {recipe} recipe, "
+          f"{steps} steps x {copies} copies) in {result.seconds:.1f} s ({result.seconds_per_step:.3f} s/step)")
+    if args.scores:
+        print(format_scores(scores))
     return 0
+
+
+def _clock(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
