@@ -91,7 +91,8 @@ def test_reference_run_writes_store_index_and_site(reference):
     lines = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and {(d["hook"], d["feature"]) for d in lines} == {
         (h, f) for h in job.hooks for f in range(4)}
-    assert all(d["seed"] == 0 and d["recipe"] == "paper" and d["steps"] == 4 for d in lines)
+    assert all(d["seed"] == 0 and d["recipe"] == "maco" and d["steps"] == 4 for d in lines)
+    assert all("naturalness" in d["scores"] for d in lines)
     assert all(d["scores"]["vis_activation"] is not None and d["scores"]["exemplar_mean"] is not None
                for d in lines)
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.pkl"))
@@ -233,7 +234,10 @@ def test_ray_executor_writes_the_same_store(reference, tmp_path):
 
 def test_neuron_scores_known_answers():
     s = neuron_scores(3.0, np.array([2.0, 1.0, 0.0]))
-    assert s == {"vis_activation": 3.0, "exemplar_mean": 1.0, "exemplar_top": 2.0, "activation_ratio": 3.0}
+    assert s == {"vis_activation": 3.0, "exemplar_mean": 1.0, "exemplar_top": 2.0, "activation_ratio": 3.0,
+                 "naturalness": None}
+    assert neuron_scores(3.0, None, 1.25)["naturalness"] == 1.25
+    assert neuron_scores(3.0, None, float("nan"))["naturalness"] is None
     assert neuron_scores(3.0, np.array([-1.0, -2.0]))["activation_ratio"] is None  # no ratio of a negative mean
     assert neuron_scores(None, None) == {k: None for k in s}
     assert neuron_scores(float("nan"), np.array([np.inf, 1.0]))["exemplar_mean"] == 1.0

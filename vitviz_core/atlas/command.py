@@ -12,6 +12,8 @@ address, model, hook pattern, feature range, data); bad input ends with a one-li
 
 from __future__ import annotations
 
+from vitviz_core.recipes import RECIPES
+
 import argparse
 import json
 
@@ -33,7 +35,8 @@ def add_atlas_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: VITVIZ_DATA)")
     p.add_argument("--max-images", type=int, default=None, help="use this many images, spread evenly")
     p.add_argument("--out", required=True, help="output folder (store, index.jsonl, site)")
-    p.add_argument("--recipe", default="paper", help="visualization recipe (paper | released)")
+    p.add_argument("--recipe", default="maco", choices=sorted(RECIPES),
+                   help="visualization recipe (default maco: the best of benchmarks/vis_quality.py on CPU budgets)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's, 400)")
     p.add_argument("--n-augment", type=int, default=None, help="augmented copies per step (default: 8)")
     p.add_argument("--seed", type=int, default=0)

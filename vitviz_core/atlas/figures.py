@@ -7,6 +7,7 @@ output folder) and return a :class:`matplotlib.figure.Figure` without showing or
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,7 +56,7 @@ def neuron_figure(neuron: dict[str, Any], out: str | os.PathLike, cell_inches: f
     axes[0, 0].set_title("visualization", fontsize=8)
     for j, e in enumerate(ex):
         axes[0, j + 1].imshow(_read(out, e["image"]))
-        axes[0, j + 1].set_title(f"{(e['class'] or '')[:14]}\n{e['activation']:.2f}", fontsize=7)
+        axes[0, j + 1].set_title(f"{textwrap.fill(e['class'] or '', 16)}\n{e['activation']:.2f}", fontsize=8)
         axes[1, j + 1].imshow(_read(out, e["overlay"]))
     axes[1, 0].text(0.5, 0.5, "activation\nmaps →", ha="center", va="center", fontsize=8,
                     transform=axes[1, 0].transAxes)
@@ -81,5 +82,6 @@ def describe_neuron(neuron: dict[str, Any]) -> str:
     classes = ", ".join(e["class"] or e["file"].rsplit("/", 1)[-1] for e in neuron["exemplars"])
     s = neuron["scores"]
     ratio = "n/a" if s.get("activation_ratio") is None else f"{s['activation_ratio']:.2f}"
+    natural = "" if s.get("naturalness") is None else f", spectral naturalness {s['naturalness']:.2f}"
     return (f"{neuron['hook']} #{neuron['feature']}: exemplars {classes}; visualization activation "
-            f"{s['vis_activation']:.2f}, exemplar mean {s['exemplar_mean']:.2f}, ratio {ratio}")
+            f"{s['vis_activation']:.2f}, exemplar mean {s['exemplar_mean']:.2f}, ratio {ratio}{natural}")

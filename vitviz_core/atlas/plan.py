@@ -180,7 +180,7 @@ class AtlasJob:
     weights_hash: str
     data_key: str
     n_images: int
-    recipe: str = "paper"
+    recipe: str = "maco"
     steps: int | None = None                   # None: the recipe's
     n_augment: int | None = None               # None: the recipe's
     seed: int = 0
@@ -214,7 +214,7 @@ class AtlasJob:
         return d
 
 
-def plan_job(model: ModelSpec, hooks: str, features: str, data: DataSpec, *, recipe: str = "paper",
+def plan_job(model: ModelSpec, hooks: str, features: str, data: DataSpec, *, recipe: str = "maco",
              steps: int | None = None, n_augment: int | None = None, seed: int = 0, k: int = 9,
              chunk: int = 8, shard_size: int = 256, batch_size: int = 32,
              loaded: Any = None) -> AtlasJob:

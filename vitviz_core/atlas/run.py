@@ -139,7 +139,7 @@ def collect_neurons(job: AtlasJob, store: ResultStore, phase1: list[Task], maps:
             continue
         arrays, _ = store.read(task)
         for i, f in enumerate(task.features):
-            vis[(task.hook, f)] = (float(arrays["clean_activation"][i]),
+            vis[(task.hook, f)] = (float(arrays["clean_activation"][i]), _natural(arrays, i),
                                    rel(store.image_path(task, f"f{f:05d}.png")),
                                    rel(store.image_path(task, f"f{f:05d}.thumb.png")),
                                    [float(v) for v in arrays["history"][:, i]])
@@ -149,15 +149,20 @@ def collect_neurons(job: AtlasJob, store: ResultStore, phase1: list[Task], maps:
         feats = job.features_of(task.hook)
         for f in task.features:
             values = merged[task.hook]["values"][:, feats.index(f)]
-            clean, image, thumb, history = vis[(task.hook, f)]
+            clean, natural, image, thumb, history = vis[(task.hook, f)]
             exemplars = []
             for j, e in enumerate(record["result"]["exemplars"][str(f)]):
                 exemplars.append({**e, "activation": float(values[j]),
                                   "image": rel(store.image_path(task, f"f{f:05d}.ex{j}.png")),
                                   "overlay": rel(store.image_path(task, f"f{f:05d}.ov{j}.png"))})
-            neurons.append({"hook": task.hook, "feature": f, "scores": neuron_scores(clean, values),
+            neurons.append({"hook": task.hook, "feature": f, "scores": neuron_scores(clean, values, natural),
                             "image": image, "thumb": thumb, "history": history, "exemplars": exemplars})
     return neurons
+
+
+def _natural(arrays: dict[str, Any], i: int) -> float | None:
+    """The i-th visualization's spectral naturalness (records written before it existed: None)."""
+    return float(arrays["naturalness"][i]) if "naturalness" in arrays else None
 
 
 def write_index(store: ResultStore) -> Path:
@@ -182,7 +187,7 @@ def write_index(store: ResultStore) -> Path:
                           "task": task["key"], "image": (path.parent / path.stem / f"f{f:05d}.png")
                           .relative_to(store.out).as_posix(),
                           "scores": neuron_scores(float(arrays["clean_activation"][i]),
-                                                  merged.get((task["hook"], f)))})
+                                                  merged.get((task["hook"], f)), _natural(arrays, i))})
     lines.sort(key=lambda d: (d["hook"], d["feature"], d["task"]))
     out = store.out / "index.jsonl"
     atomic_write(out, "".join(json.dumps(d, sort_keys=True) + "\n" for d in lines).encode())

@@ -4,7 +4,8 @@ Every score shown in the index and on the site comes from :func:`neuron_scores`.
 records the visualization's clean activation, the mean activation of its top-k dataset
 exemplars (same reduction: mean over patch tokens), and their ratio (DESIGN §11,
 "activation ratio": > 1 means the optimizer found a stronger stimulus than any image in the
-data). Other quality measures plug in here.
+data), and the visualization's spectral naturalness (:func:`vitviz_core.quality.spectral_naturalness`,
+computed by the visualization task: 1.0 = the spectrum of natural images, colour noise >= 10).
 """
 
 from __future__ import annotations
@@ -24,13 +25,18 @@ SCORE_LABELS = {
     "exemplar_mean": "mean activation of the top-k exemplars",
     "exemplar_top": "activation of the best exemplar",
     "activation_ratio": "visualization / exemplar mean",
+    "naturalness": "spectral naturalness (1 = natural images, noise >= 10)",
 }
 
 
-def neuron_scores(vis_activation: float | None, exemplar_values: np.ndarray | None) -> dict[str, Any]:
-    """Scores of one neuron from its visualization's clean activation and its exemplars'
-    activations ``(k,)`` (best first); missing inputs give ``None`` entries."""
+def neuron_scores(vis_activation: float | None, exemplar_values: np.ndarray | None,
+                  naturalness: float | None = None) -> dict[str, Any]:
+    """Scores of one neuron from its visualization's clean activation, its exemplars'
+    activations ``(k,)`` (best first) and its spectral naturalness; missing inputs give
+    ``None`` entries."""
     out: dict[str, Any] = {k: None for k in SCORE_LABELS}
+    if naturalness is not None and math.isfinite(float(naturalness)):
+        out["naturalness"] = float(naturalness)
     if vis_activation is not None and math.isfinite(float(vis_activation)):
         out["vis_activation"] = float(vis_activation)
     if exemplar_values is not None:

@@ -65,6 +65,18 @@ def _resize(x: Tensor, size: int) -> Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def _naturalness(images: Tensor) -> Tensor:
+    """Spectral naturalness of ``images`` (K, 3, H, W) (:mod:`vitviz_core.quality`; 1.0 =
+    natural, colour noise >= 10), NaN where no natural-image data gives the reference."""
+    from vitviz_core.errors import VitvizError
+    from vitviz_core.quality import spectral_naturalness
+
+    try:
+        return spectral_naturalness(images).float()
+    except VitvizError:
+        return torch.full((images.shape[0],), float("nan"))
+
+
 def run_vis(loaded: Any, job: AtlasJob, task: Task) -> Payload:
     """Feature visualizations of ``task.features`` of ``task.hook``: full-size and thumbnail
     PNGs, the objective history and the clean activation of each visualization."""
@@ -74,12 +86,14 @@ def run_vis(loaded: Any, job: AtlasJob, task: Task) -> Payload:
                             n_augment=job.n_augment, seed=job.seed, progress=False)
     images = res.images                                                   # (K, 3, H, W) in [0, 1]
     clean = score_images(loaded, task.hook, images, list(task.features))  # (K,)
+    natural = _naturalness(images)                                        # (K,), NaN without data
     thumbs = _resize(images, THUMB)                                       # (K, 3, T, T)
     files = {}
     for i, f in enumerate(task.features):
         files[f"f{f:05d}.png"] = png_bytes(images[i])
         files[f"f{f:05d}.thumb.png"] = png_bytes(thumbs[i])
     return Payload(arrays={"clean_activation": clean.numpy().astype(np.float32),     # (K,)
+                           "naturalness": natural.numpy().astype(np.float32),        # (K,)
                            "history": res.history.numpy().astype(np.float32)},       # (steps, K)
                    meta={"features": list(task.features), "objective": res.config["objective"],
                          "image_size": res.config["image_size"],
