@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipes", default="paper,fourier,maco")
     ap.add_argument("--blocks", default=None, help="FFN blocks for every model, e.g. 6 (default: 2,6,10 on "
                     "vit-ti16, 6 on dinov2-s14)")
-    ap.add_argument("--features", type=int, default=4, help="features per hook (0..N-1)")
+    ap.add_argument("--features", type=int, default=8, help="features per hook (0..N-1; the issue's grid: 8)")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--copies", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
