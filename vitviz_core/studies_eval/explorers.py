@@ -1,5 +1,10 @@
 """Interactive explorers of the token-mixing and masking chapters (ipywidgets), each with a
-static default figure for the rendered book."""
+static default figure for the rendered book.
+
+A Render click runs forward passes only (no optimization, well under a second per image on
+CPU), so nothing is cached; the status line says when a render runs and how long it took,
+and the figure goes into the output as a PNG (:func:`vitviz_core.explorer.run_into_output`).
+A widget's ``controls`` attribute maps control names to its widgets."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vitviz_core.evaluate.common import model_device
+from vitviz_core.explorer import run_into_output
 from vitviz_core.plot import _to_hwc
 from vitviz_core.plot_eval import _upsample
 
@@ -68,6 +74,13 @@ def _controls(children: list) -> Any:
     import ipywidgets as w
 
     return w.HBox(children, layout=w.Layout(flex_flow="row wrap", width="100%", max_width="100%"))
+
+
+def _status() -> Any:
+    """The one-line status under an explorer's controls (what runs, how long it took)."""
+    import ipywidgets as w
+
+    return w.Label(value="choose a selection and press Render", layout=w.Layout(width="100%", overflow="hidden"))
 
 
 def _explorer_box(children: list) -> Any:
@@ -129,20 +142,20 @@ class TokenMixingExplorer:
 
     def widget(self) -> Any:
         import ipywidgets as w
-        from IPython.display import display
 
         idx = w.BoundedIntText(value=self.default[0], min=0, max=len(self.pixels) - 1, description="image")
         layer = w.IntSlider(value=self.default[1], min=0, max=self.depth, description="L")
         button = w.Button(description="Render", button_style="primary")
-        out = w.Output()
+        status, out = _status(), w.Output()
 
         def on_click(_: Any) -> None:
-            out.clear_output(wait=True)
-            with out:
-                display(self.render(idx.value, layer.value))
+            run_into_output(out, lambda: self.render(idx.value, layer.value), status=status,
+                            controls=[idx, layer, button], busy="running the model...")
 
         button.on_click(on_click)
-        return _explorer_box([_controls([idx, layer, button]), out])
+        box = _explorer_box([_controls([idx, layer, button]), status, out])
+        box.controls = dict(image=idx, layer=layer, button=button, status=status, output=out)
+        return box
 
 
 class MaskingExplorer:
@@ -189,18 +202,18 @@ class MaskingExplorer:
 
     def widget(self) -> Any:
         import ipywidgets as w
-        from IPython.display import display
 
         idx = w.BoundedIntText(value=self.default[0], min=0, max=len(self.pixels) - 1, description="image")
         fill = w.Dropdown(options=["black", "mean", "blur"], value=self.default[1], description="fill")
         cut = w.FloatLogSlider(value=self.default[2], base=2, min=0, max=7, description="cut-off")
         button = w.Button(description="Render", button_style="primary")
-        out = w.Output()
+        status, out = _status(), w.Output()
 
         def on_click(_: Any) -> None:
-            out.clear_output(wait=True)
-            with out:
-                display(self.render(idx.value, fill.value, cut.value))
+            run_into_output(out, lambda: self.render(idx.value, fill.value, cut.value), status=status,
+                            controls=[idx, fill, cut, button], busy="running the models...")
 
         button.on_click(on_click)
-        return _explorer_box([_controls([idx, fill, cut, button]), out])
+        box = _explorer_box([_controls([idx, fill, cut, button]), status, out])
+        box.controls = dict(image=idx, fill=fill, cutoff=cut, button=button, status=status, output=out)
+        return box
