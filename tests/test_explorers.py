@@ -99,6 +99,7 @@ def test_feature_explorer_controls_change_the_figure_and_cache_it(models, pool, 
     assert status.startswith("optimizing two blocks.0.mlp.hook_post #0") and button_off and model_off
     assert not c["button"].disabled and not c["model"].disabled
     assert c["status"].value.startswith("done in") and c["progress"].value == c["progress"].max
+    assert c["status"].value.endswith(": two blocks.0.mlp.hook_post #0")
 
     # model: the layer slider follows the new model's depth
     c["model"].value = "three"
@@ -126,7 +127,7 @@ def test_feature_explorer_controls_change_the_figure_and_cache_it(models, pool, 
     c["button"].click()
     again = shown_png(c["output"])
     assert counted["calls"] == 4 and same(first, again)
-    assert c["status"].value.endswith("(cached)")
+    assert c["status"].value.endswith(": two blocks.0.mlp.hook_post #0 (cached)")
     ex.render("three", 2, 5)  # the static path shares the cache
     assert counted["calls"] == 4
 

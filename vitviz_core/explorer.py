@@ -278,8 +278,9 @@ class FeatureExplorer:
             cached = self.is_cached(model.value, layer.value, feature.value)
             run_into_output(out, work, status=status, controls=controls,
                             busy="from the cache..." if cached else "optimizing...")
-            if cached and status.value.startswith("done"):
-                status.value += " (cached)"
+            if status.value.startswith("done"):  # say what is shown (and whether it was cached)
+                status.value += (f": {model.value} {self.hook_template.format(i=layer.value)} #{feature.value}"
+                                 + (" (cached)" if cached else ""))
 
         model.observe(on_model, names="value")
         layer.observe(on_layer, names="value")
