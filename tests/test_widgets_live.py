@@ -176,11 +176,14 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
 
                 def rendered(before: str | None) -> str:
                     render.click()
+                    # a new figure, or an error shown (then _no_errors says which, at once)
                     page.wait_for_function(
                         """([sel, before]) => { const i = document.querySelector(sel);
-                             return i && i.complete && i.naturalWidth > 100 && i.src !== before; }""",
+                             const text = document.body.innerText;
+                             return (i && i.complete && i.naturalWidth > 100 && i.src !== before
+                                     && text.includes('done in'))
+                                    || text.includes('failed:') || text.includes('Traceback'); }""",
                         arg=[FIGURE, before], timeout=RENDER_S * 1000)
-                    page.locator(STATUS, has_text="done in").wait_for(timeout=RENDER_S * 1000)
                     _no_errors(page, page_errors)
                     shots.append(page.screenshot(full_page=True))
                     return page.locator(FIGURE).get_attribute("src")
