@@ -173,6 +173,7 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
                 models = page.locator(".widget-dropdown select").first.evaluate(
                     "s => Array.from(s.options).map(o => o.value)")
                 assert len(models) == 2, f"model dropdown options: {models}"
+                depth0 = 12 if models[0] == "vit-ti16" else 2
 
                 def rendered(before: str | None) -> str:
                     render.click()
@@ -195,8 +196,8 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
                 # model, layer and feature controls, as a reader sets them
                 page.locator(".widget-dropdown select").first.select_option(models[1])
                 handle = page.locator(".widget-hslider .noUi-handle").first
-                handle.focus()
-                handle.press("End")       # last block of the new model (depth 3 -> layer 2)
+                slider_max(handle, 2)   # the kernel resized the layer slider to the new model
+                set_readout(page, 2)      # last block of the new model (depth 3)
                 feature = page.locator(".widget-text input").first
                 feature.fill("5")
                 feature.press("Enter")
@@ -205,7 +206,7 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
                 status = page.locator(STATUS, has_text="done in").first.inner_text()
                 assert f"{models[1]} blocks.2.mlp.hook_post #5" in status, status
                 # the layer control alone
-                handle.press("Home")
+                set_readout(page, 0)
                 third = rendered(second)
                 assert third != second
                 status = page.locator(STATUS, has_text="done in").first.inner_text()
@@ -219,8 +220,8 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
                 assert f"{models[1]} blocks.0.mlp.hook_post #7" in status, status
                 # back to the first selection: served from the explorer's cache, same figure
                 page.locator(".widget-dropdown select").first.select_option(models[0])
-                handle.press("Home")
-                handle.press("ArrowRight")
+                slider_max(handle, depth0 - 1)
+                set_readout(page, 1)
                 feature.fill("0")
                 feature.press("Enter")
                 again = rendered(fourth)
@@ -242,6 +243,24 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
     finally:
         _stop(proc)
         log.close()
+
+
+def slider_max(handle, value: int) -> None:
+    """Wait until the slider's maximum (synced from the kernel) is ``value``."""
+    handle.page.wait_for_function(
+        "([h, v]) => parseFloat(h.getAttribute('aria-valuemax')) === v",
+        arg=[handle.element_handle(), value], timeout=RENDER_S * 1000)
+
+
+def set_readout(page, value: int) -> None:
+    """Type ``value`` into the layer slider's editable readout, as a reader can."""
+    readout = page.locator(".widget-hslider .widget-readout").first
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(str(value))
+    page.keyboard.press("Enter")
+    page.wait_for_function("([r, v]) => r.textContent.trim() === String(v)",
+                           arg=[readout.element_handle(), value], timeout=10_000)
 
 
 def _importable(name: str) -> bool:
