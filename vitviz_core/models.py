@@ -221,6 +221,23 @@ class LoadedModel:
 # --------------------------------------------------------------------------------------
 
 
+def public_message(text: object) -> str:
+    """``text`` (e.g. an error message) with this machine's weights, cache and data folders
+    replaced by the names of the settings that choose them, for published pages."""
+    from . import data as _data
+
+    out = str(text)
+    folders = [(p, "the VITVIZ_WEIGHTS folder") for p in config.weights_paths()]
+    folders.append((config.cache_dir(), "the VITVIZ_CACHE folder"))
+    try:
+        folders.append((Path(_data.find_dataset("imagenet-val-1300")).parent, "the VITVIZ_DATA folder"))
+    except Exception:  # no data here: nothing to hide
+        pass
+    for path, name in sorted(folders, key=lambda pn: -len(str(pn[0]))):
+        out = out.replace(str(Path(path).resolve()), name).replace(str(path), name)
+    return out
+
+
 def weights_label(source: str) -> str:
     """A ``weights_source`` string without machine paths, for published pages and figures.
 
