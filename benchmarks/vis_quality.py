@@ -28,7 +28,7 @@ Printed: one table row per (model, hook, method) and the lines
 
 Usage::
 
-    python benchmarks/vis_quality.py                      # defaults: 64 steps x 4 copies, 4 features
+    python benchmarks/vis_quality.py                      # defaults: 32 steps x 4 copies, 8 features per hook
     python benchmarks/vis_quality.py --features 4 --steps 64 --models vit-ti16 --horama-hooks 6
 """
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", default=None, help="FFN blocks for every model, e.g. 6 (default: 2,6,10 on "
                     "vit-ti16, 6 on dinov2-s14)")
     ap.add_argument("--features", type=int, default=8, help="features per hook (0..N-1; the issue's grid: 8)")
-    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=32, help="optimizer steps per feature (default 32: 128 image passes, near the cpu profile's 80)")
     ap.add_argument("--copies", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool-images", type=int, default=200)
