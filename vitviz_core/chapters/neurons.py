@@ -75,6 +75,11 @@ def _rng(r: Mapping[str, Any], key: str, digits: int = 2) -> str:
     return f"{r[key]:.{digits}f} [{r[key + '_low']:.{digits}f}, {r[key + '_high']:.{digits}f}]"
 
 
+def _share(hits: np.ndarray) -> str:
+    """The share of True in ``hits`` as ``'NN %'``; ``'–'`` when there is nothing to count."""
+    return f"{100 * np.mean(hits):.0f} %" if hits.size else "–"
+
+
 def _mean_diff(a: np.ndarray, b: np.ndarray, P: Profile, seed: int) -> Any:
     """Paired bootstrap interval of ``mean(a) - mean(b)``."""
     return bootstrap_ci(a, b, statistic=lambda u, v: u.mean(-1) - v.mean(-1), n_boot=P.bootstrap, seed=seed)
@@ -295,9 +300,8 @@ def _level0(ctx: _Ctx) -> None:
                                                              if lab in _KINDS else "")})
     res.tables["nr_cue_table"] = pd.DataFrame(cue_rows)
     v.update(nr_n_patches=resp.shape[0] * resp.shape[1],
-             nr_edge_follow=f"{100 * np.mean(best[labels == 'edge'] == 1):.0f} %",
-             nr_colour_follow=f"{100 * np.mean(best[labels == 'colour'] == 0):.0f} %",
-             nr_lum_follow=f"{100 * np.mean(best != 0):.0f} %")
+             nr_edge_follow=_share(best[labels == "edge"] == 1), nr_colour_follow=_share(best[labels == "colour"] == 0),
+             nr_lum_follow=_share(best != 0))
     ctx.extra.update(W=W, p=p, grid=grid, xv=xv, neurons=neurons, fg_cells=fg_cells, labels=labels, rho=rho)
 
 
