@@ -11,6 +11,8 @@ never shows or saves anything; a notebook displays the returned figure as a cell
 - :func:`purity_figure`         clustering purity vs. depth, with the chance level
 - :func:`embeddings_figure`     2-D token embeddings per layer, object vs. background
 - :func:`robustness_figure`     shuffle / occlusion accuracy curves with 95 % intervals
+
+Display helpers: :func:`stretch` (scale signed maps for display), :func:`legend_outside`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from vitviz_core.plot import _to_hwc
+
 __all__ = [
     "signed_to_rgb",
+    "stretch",
+    "legend_outside",
     "level0_views_figure",
     "filters_figure",
     "filter_stats_figure",
@@ -53,6 +59,28 @@ def signed_to_rgb(view: Any, scale: float | None = None) -> np.ndarray:
     return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
 
 
+def stretch(maps: torch.Tensor, q: float = 0.99) -> torch.Tensor:
+    """Display only: scale each signed map of ``maps`` ``(K, ...)`` so that the ``q``-quantile
+    of its ``|value|`` is 1, clipped to [-1, 1] (a few extreme pixels would otherwise turn the
+    rest gray)."""
+    s = torch.quantile(maps.abs().flatten(1).float(), q, dim=1).clamp_min(1e-12)   # (K,)
+    return (maps / s.view(-1, *[1] * (maps.dim() - 1))).clamp(-1, 1)
+
+
+def legend_outside(fig: Figure, ax_index: int = -1, below: bool = False) -> Figure:
+    """Move one axes' legend out of the plot, to its right or below it, and grow the figure
+    to make room (the lines stay readable). Returns ``fig``."""
+    ax = fig.axes[ax_index]
+    if below:
+        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    else:
+        ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(w if below else w + 2.2, h + 0.9 if below else h)
+    fig.tight_layout()
+    return fig
+
+
 def _grid(n: int, ncols: int | None, max_cols: int = 8) -> tuple[int, int]:
     ncols = ncols or min(max_cols, max(1, math.ceil(math.sqrt(n))))
     return math.ceil(n / ncols), ncols
@@ -76,7 +104,7 @@ def level0_views_figure(image01: Any, view_maps: Any, neurons: Sequence[int], *,
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i == 0:
-            ax.imshow(np.clip(_np(image01).transpose(1, 2, 0), 0, 1))
+            ax.imshow(_to_hwc(image01))
             ax.set_title("image", fontsize=8)
         elif i < n:
             ax.imshow(signed_to_rgb(maps[i - 1]), interpolation="nearest")
@@ -171,7 +199,7 @@ def propagation_figure(image01: Any, maps: Any, layer_names: Sequence[str], *,
     fig = Figure(figsize=(n * cell_inches, rows * (cell_inches + 0.25)))
     axes = fig.subplots(rows, n, squeeze=False)
     scale = float(np.abs(m).max()) or 1.0
-    axes[0, 0].imshow(np.clip(_np(image01).transpose(1, 2, 0), 0, 1))
+    axes[0, 0].imshow(_to_hwc(image01))
     axes[0, 0].set_title("image", fontsize=8)
     for j in range(1, n):
         axes[0, j].imshow(signed_to_rgb(m[j - 1], scale), interpolation="nearest")

@@ -31,6 +31,15 @@ class Profile:
     vis_recipe: str = "paper"   # feature-visualization recipe the chapters and `render` use
     render_steps: int = 400     # `render` steps when --steps is not given
     render_augment: int = 8     # `render` augmented copies per feature per step
+    # --- neurons chapter (Nguyen et al. 2022; vitviz_core.chapters.neurons) -----------------
+    neurons_images: int | None = 40           # imagenet-val-1300 images for views, clustering, robustness
+    neurons_views: int = 16                   # of those, for filter responses and attention rollout
+    neurons_cluster: int = 24                 # of those, whose patch tokens are clustered
+    neurons_probe_test: int | None = 100      # imagenet-val-1300 images scored by the linear probes
+    neurons_probe_blocks: tuple[int, ...] | None = (2, 5, 11)   # blocks probed besides level 0 (None = all)
+    neurons_ratios: tuple[float, ...] = (0.25, 0.5)             # occlusion ratios
+    neurons_embedding: str = "pca"            # 2-D embedding of the token plots: "pca" | "tsne"
+    # --- end neurons chapter ------------------------------------------------------------------
 
     def describe(self) -> str:
         """One line naming the profile and its main settings (for figure captions)."""
@@ -50,7 +59,11 @@ PROFILES: dict[str, Profile] = {
     # The paper's settings (Appendix B) and whole samples; meant for a GPU.
     "full": Profile(name="full", device="cuda", steps=400, n_augment=8, n_features=16,
                     image_size=None, eval_images=None, pool_images=None, batch_size=128,
-                    bootstrap=2000, vis_recipe="paper", render_steps=400, render_augment=8),
+                    bootstrap=2000, vis_recipe="paper", render_steps=400, render_augment=8,
+                    # neurons chapter
+                    neurons_images=None, neurons_views=100, neurons_cluster=300, neurons_probe_test=None,
+                    neurons_probe_blocks=None, neurons_ratios=(0.1, 0.25, 0.5, 0.75, 0.9),
+                    neurons_embedding="tsne"),
 }
 
 
