@@ -244,7 +244,7 @@ def test_full_image_box_background_only_is_pure_fill(toy_folder, tmp_path):
     x, label, idx, mask = ds[0]
     assert mask.shape == (32, 32) and bool(mask.all())
     xb = x[None]
-    for fill in ("black", "mean", (0.2, 0.4, 0.6)):
+    for fill in ("black", "dataset_mean", (0.2, 0.4, 0.6)):
         bg_only = mk.apply_mask(xb, ~mask[None], fill)
         assert torch.equal(bg_only, mk.fill_image(xb, fill))
         assert torch.equal(mk.apply_mask(xb, mask[None], fill), xb)

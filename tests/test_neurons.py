@@ -265,7 +265,7 @@ def test_occlusion_extremes_and_modes():
     assert torch.equal(robustness.occlude(x, m0, "black"), x)
     m1 = robustness.occlusion_mask(2, (4, 4), 1.0)
     assert torch.equal(robustness.occlude(x, m1, "black"), torch.zeros_like(x))
-    full_mean = robustness.occlude(x, m1, "mean")
+    full_mean = robustness.occlude(x, m1, "image_mean")
     torch.testing.assert_close(full_mean, x.mean((2, 3), keepdim=True).expand_as(x))
     assert torch.equal(robustness.occlude(x, m1, (0.1, 0.2, 0.3))[:, 1], torch.full((2, 32, 32), 0.2))
     half = robustness.occlusion_mask(2, (4, 4), 0.5, seed=0)

@@ -297,8 +297,8 @@ def test_frames_put_the_paper_beside_ours():
     assert list(t2["ViT-B/16 (paper)"])[:2] == ["92.37", "99.22"]
     assert list(t2["MobileNetV2 (paper)"])[-1] == "15.94"
     assert t2["toy (ours)"].iloc[-1] == "50.0 [40.0, 60.0]"
-    fills = se.fills_frame({"black": {"toy": r}, "mean": {"toy": r}})
-    assert list(fills["fill"]) == ["black", "mean"]
+    fills = se.fills_frame({"black": {"toy": r}, "dataset_mean": {"toy": r}})
+    assert list(fills["fill"]) == ["black", "dataset_mean"]
     html = se.styled(t2).to_html()
     assert "padding" in html
 
@@ -346,7 +346,7 @@ def test_explorers_render_default_figures():
     assert isinstance(tm.render(2, 2), Figure)  # unlabelled image
     fg = torch.zeros(3, 32, 32)
     fg[:, 8:24, 8:24] = 1
-    mx = se.MaskingExplorer({"a": lm, "b": FakeLoaded(Brightness())}, pixels, fg, default=(1, "mean", 4.0))
+    mx = se.MaskingExplorer({"a": lm, "b": FakeLoaded(Brightness())}, pixels, fg, default=(1, "dataset_mean", 4.0))
     assert isinstance(mx.default_figure(), Figure)
 
 

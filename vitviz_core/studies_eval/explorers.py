@@ -204,7 +204,7 @@ class MaskingExplorer:
         import ipywidgets as w
 
         idx = w.BoundedIntText(value=self.default[0], min=0, max=len(self.pixels) - 1, description="image")
-        fill = w.Dropdown(options=["black", "mean", "blur"], value=self.default[1], description="fill")
+        fill = w.Dropdown(options=["black", "dataset_mean", "blur"], value=self.default[1], description="fill")
         cut = w.FloatLogSlider(value=self.default[2], base=2, min=0, max=7, description="cut-off")
         button = w.Button(description="Render", button_style="primary")
         status, out = _status(), w.Output()
