@@ -12,10 +12,11 @@ Order is exact and deterministic: entries rank by score (descending), ties by da
 on batch size or on how the data were split: shards searched apart and combined with
 :meth:`TopKState.merge` give the top-k of the whole (shards must hold disjoint indices).
 
-Results are cached in ``config.cache_dir()/exemplars/<key>.pt``, keyed by the model (name,
-architecture, weights source and a hash of every parameter), the data (file list with sizes
-and mtimes, or tensor bytes, plus the transform), the hook names, ``k`` and the statistics,
-so a second call with the same inputs returns at once.
+Results are cached in ``config.cache_dir()/exemplars/<key>.npz`` (:mod:`vitviz_core.cache`:
+JSON + arrays, never pickle), keyed by the model (name, architecture, weights source and a
+hash of every parameter), the data (file list with sizes and mtimes, or tensor bytes, plus
+the transform), the hook names, ``k``, the statistics and the source code of this module and
+of the hooks, so a second call with the same inputs returns at once.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ __all__ = ["FeatureTopK", "ExemplarResult", "TopKState", "update_states", "score
            "exemplar_cache_key", "activation_maps", "rank_keys", "default_num_workers", "STATISTICS"]
 
 STATISTICS = ("mean", "max")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: .npz + JSON (vitviz_core.cache) instead of torch.save
 
 
 def score_maps(maps: Tensor, stat: str) -> Tensor:
@@ -354,7 +355,10 @@ def exemplar_cache_key(model: Any, dataset: Any, hooks: Sequence[str], k: int,
     Raises ValueError when the dataset cannot be fingerprinted."""
     from vitviz_core.evaluate.common import as_module
 
-    spec = {"v": _CACHE_VERSION, "model": model_info(model),
+    from vitviz_core.cache import code_version
+
+    spec = {"v": _CACHE_VERSION, "code": code_version(("vitviz_core.evaluate.exemplars", "vitviz_core.hooks")),
+            "model": model_info(model),
             "weights": weights_fingerprint(as_module(model)),
             "data": dataset_fingerprint(dataset), "hooks": list(hooks), "k": int(k),
             "stats": list(stats), "maps": bool(keep_maps)}
@@ -475,7 +479,7 @@ def find_exemplars(
         k: images kept per feature; ``stats``: ``"mean"`` and/or ``"max"`` over patches.
         batch_size: images per forward pass (default 32 on the CPU, 256 on an accelerator).
         keep_maps: also keep the ``(H, W)`` patch activation map of every kept image.
-        cache: read/write ``cache_dir()/exemplars/<key>.pt``.
+        cache: read/write ``cache_dir()/exemplars/<key>.npz``.
         num_workers: DataLoader worker processes decoding images beside the model (default
             :func:`default_num_workers`; 0 decodes in this process).
         amp: bf16 autocast for the forward (default: on for CUDA, off elsewhere; the CPU
@@ -502,17 +506,18 @@ def find_exemplars(
     if len(dataset) == 0:
         raise DataError("the dataset is empty: nothing to search")
 
+    from vitviz_core import cache as result_cache
+
     path: Path | None = None
     if cache:
         try:
             key = exemplar_cache_key(model, dataset, hooks, k, stats, keep_maps)
-            path = config.cache_dir() / "exemplars" / f"{key}.pt"
+            path = config.cache_dir() / "exemplars" / f"{key}.npz"
         except ValueError:
             path = None  # dataset cannot be fingerprinted: no caching
         if path is not None and path.is_file():
             try:
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-                return ExemplarResult._from_payload(payload, str(path))
+                return ExemplarResult._from_payload(result_cache.read(path), str(path))
             except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed
                 pass
 
@@ -574,10 +579,7 @@ def find_exemplars(
                          grids=grids, files=files, labels=labels, record=record.to_dict(),
                          cache_path=str(path) if path is not None else None)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(res._payload(), tmp)
-        os.replace(tmp, path)
+        result_cache.write(path, res._payload())
     return res
 
 
