@@ -180,7 +180,7 @@ def _decode(node: Any, arrays: Mapping[str, np.ndarray]) -> Any:
         state = _decode(spec["state"], arrays)
         weight = state["linear.weight"]  # (K, D)
         probe = LinearProbe(int(weight.shape[1]), int(weight.shape[0]), str(spec["features"]),
-                            int(spec["num_prefix_tokens"]))
+                            int(spec["num_prefix_tokens"])).to(weight.dtype)
         probe.load_state_dict(state)
         return probe.eval()
     if "__dataclass__" in node:
