@@ -182,7 +182,7 @@ def test_every_canonical_name_resolves_and_captures(key: str) -> None:
         act = cap.activations[spec.name]
         assert act.shape[0] == 2 and tuple(act.shape[1:]) == spec.shape, spec.name
         assert not act.requires_grad
-        if spec.layout == "BHLL":
+        if spec.layout == "BHLL" and spec.hook_type != "mask":  # masks: (B, 1, L, L) bool
             assert torch.allclose(act.sum(-1), torch.ones(()), atol=1e-5), spec.name  # softmax rows
         if spec.layout in ("BHLL", "NC"):
             continue
@@ -374,7 +374,8 @@ def test_early_stop_matches_full_forward_and_skips_the_rest() -> None:
     # a pre-hook name stops before its module runs
     with capture(model, ["blocks.1.hook_resid_pre"]) as cap:
         assert cap.forward(x) is None
-    with capture(model, ["hook_logits"]) as cap:  # never stops on the model output itself
+    # never stops on the model output itself (unfused, as the pattern capture above ran)
+    with capture(model, ["hook_logits"], unfused_attention=True) as cap:
         assert torch.equal(cap.forward(x), logits)
     assert_no_hooks(model)
 
@@ -387,8 +388,8 @@ def test_hooks_removed_and_fused_attn_restored_after_exceptions() -> None:
         m.fused_attn = True
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            with capture(model, ["blocks.0.mlp.hook_post", "blocks.1.attn.hook_q"]) as cap:
-                assert all(m.fused_attn is False for m in attn)
+            with capture(model, ["blocks.0.mlp.hook_post", "blocks.1.attn.hook_pattern"]) as cap:
+                assert all(m.fused_attn is False for m in attn)  # decided from the hooks
                 assert any(m._forward_hooks for m in model.modules())
                 raise RuntimeError("boom")
         assert_no_hooks(model)
@@ -406,7 +407,7 @@ def test_hooks_removed_and_fused_attn_restored_after_exceptions() -> None:
         assert cap.activations["blocks.0.mlp.hook_post"].shape == (2, 17, 128)
         assert_no_hooks(model)
         # keeping fused attention: the pattern hook cannot fire, and that is a clear error
-        with pytest.raises(HookError, match="unfused_attention=True"):
+        with pytest.raises(HookError, match="unfused attention"):
             with capture(model, ["blocks.0.attn.hook_pattern"], unfused_attention=False) as cap:
                 assert all(m.fused_attn is True for m in attn)
                 cap.forward(image("vit"))

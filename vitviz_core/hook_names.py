@@ -42,7 +42,8 @@ class Target:
 
     name: str                          # canonical name, e.g. "blocks.3.mlp.hook_post"
     module_path: str                   # named_modules() path ("" is the model itself)
-    hook_type: str = "output"          # "output": module output; "input": its first positional input
+    hook_type: str = "output"          # "output": module output; "input": its first positional input;
+                                       # "mask": the attn_mask argument of an attention module
     transform: tuple[str, ...] = ()    # reshaping steps applied to the raw tensor, see apply_transform
     layout: str | None = None          # layout after the transform; None -> inferred from the shape
     prefix: int | None = None          # number of prefix tokens; None -> inferred
@@ -205,6 +206,11 @@ def _attn_targets(name: str, bpath: str, block: nn.Module, prefix: int | None,
     if kind in ("Attention", "MHSA", "GPSA", "GlobalSubSampleAttn") and has("attn_drop"):
         out.append(Target(f"{n}.hook_pattern", _join(ap, "attn_drop"), "output", (), "BHLL", prefix, ap,
                           None, "attention probabilities (B, heads, L_query, L_key); needs unfused attention"))
+    if _takes_attn_mask(attn):
+        out.append(Target(f"{n}.hook_mask", ap, "mask", (), "BHLL", prefix, ap, None,
+                          "attention mask (B, 1, L_query, L_key) entering the attention: boolean, True = "
+                          "may attend (all True when the model passes none); edit it to cut attention "
+                          "edges"))
     if isinstance(getattr(attn, "proj", None), nn.Linear):
         out += [
             Target(f"{n}.hook_z", _join(ap, "proj"), "input", win, None, prefix, None, ctx,
@@ -213,6 +219,16 @@ def _attn_targets(name: str, bpath: str, block: nn.Module, prefix: int | None,
                    "attention output projection (output of attn.proj)"),
         ]
     return out
+
+
+def _takes_attn_mask(attn: nn.Module) -> bool:
+    """Whether the attention module's forward accepts an ``attn_mask`` (timm >= 1.0.15)."""
+    import inspect
+
+    try:
+        return "attn_mask" in inspect.signature(attn.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _mlp_targets(name: str, bpath: str, block: nn.Module, prefix: int | None) -> list[Target]:

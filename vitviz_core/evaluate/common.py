@@ -33,17 +33,18 @@ __all__ = [
 
 
 def as_module(model: Any) -> nn.Module:
-    """The ``nn.Module`` of a LoadedModel, or the module itself."""
-    module = getattr(model, "model", model)
-    if not isinstance(module, nn.Module):
-        raise VitvizError(f"expected a LoadedModel or torch nn.Module, got {type(model).__name__}")
-    return module
+    """The ``nn.Module`` of a LoadedModel, or the module itself (see :func:`~vitviz_core.models.as_loaded`)."""
+    from vitviz_core.models import as_loaded
+
+    return as_loaded(model).model
 
 
 def normalizer(model: Any) -> Callable[[Tensor], Tensor]:
-    """The model's pixel -> input normalisation (identity for a bare module)."""
-    norm = getattr(model, "normalize", None)
-    return norm if callable(norm) and not isinstance(model, nn.Module) else (lambda x: x)
+    """The model's pixel -> input normalisation (:func:`~vitviz_core.models.as_loaded`: a bare
+    timm module's data config, identity for any other module)."""
+    from vitviz_core.models import as_loaded
+
+    return as_loaded(model).normalize
 
 
 def model_device(model: Any) -> torch.device:

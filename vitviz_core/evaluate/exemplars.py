@@ -535,10 +535,8 @@ def find_exemplars(
     offset = 0
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers,
                          pin_memory=dev.type == "cuda")
-    unfused = any(h.endswith("hook_pattern") for h in hooks)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp)
-    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True,
-                                                   unfused_attention=unfused) as cap:
+    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True) as cap:
         for batch in tqdm(loader, desc="exemplars", disable=not progress, leave=False):
             x, _, ids, _ = unpack_batch(batch, offset)
             offset += x.shape[0]

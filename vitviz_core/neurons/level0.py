@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitviz_core.errors import HookError, VitvizError
+from vitviz_core.models import as_loaded
 
 __all__ = [
     "patch_embedding",
@@ -51,10 +52,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 def _module(model: Any) -> nn.Module:
-    module = getattr(model, "model", model)
-    if not isinstance(module, nn.Module):
-        raise VitvizError(f"expected a LoadedModel or a torch nn.Module, got {type(model).__name__}")
-    return module
+    return as_loaded(model).model
 
 
 def patch_embedding(model: Any) -> tuple[Tensor, Tensor | None, int]:

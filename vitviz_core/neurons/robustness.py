@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vitviz_core.errors import VitvizError
+from vitviz_core.models import as_loaded
 
 __all__ = [
     "image_generator",
@@ -197,7 +198,7 @@ def cls_attention_saliency(model: Any, x: Tensor, layer: int = -1, use_rollout: 
     """
     from vitviz_core.neurons.propagation import capture_attention, rollout
 
-    module = getattr(model, "model", model)
+    module = as_loaded(model).model
     npf = int(getattr(module, "num_prefix_tokens", 1))
     if npf < 1:
         raise VitvizError("CLS-attention saliency needs a ViT with a CLS token (num_prefix_tokens >= 1)")
@@ -221,14 +222,9 @@ def cls_attention_saliency(model: Any, x: Tensor, layer: int = -1, use_rollout: 
 # --------------------------------------------------------------------------------------
 
 def _module_and_norm(model: Any) -> tuple[torch.nn.Module, Callable[[Tensor], Tensor]]:
-    """A LoadedModel's module and its pixel -> input normalisation (identity for a module)."""
-    if isinstance(model, torch.nn.Module):
-        return model, (lambda x: x)
-    module = getattr(model, "model", None)
-    if not isinstance(module, torch.nn.Module):
-        raise VitvizError(f"expected a LoadedModel or an nn.Module, got {type(model).__name__}")
-    norm = getattr(model, "normalize", None)
-    return module, (norm if callable(norm) else (lambda x: x))
+    """A model's module and its pixel -> input normalisation (:func:`~vitviz_core.models.as_loaded`)."""
+    loaded = as_loaded(model)
+    return loaded.model, loaded.normalize
 
 
 def _unpack(batch: Any, offset: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -85,7 +85,7 @@ def _background_features(model: Any, dataset: Any, fg_view: Tensor, hook: str, b
     idx_rows: list[Tensor] = []
     bg_area_sum, area_n = 0.0, 0
     offset = 0
-    with torch.inference_mode(), capture(module, [hook], stop_early=True, unfused_attention=False) as cap:
+    with torch.inference_mode(), capture(module, [hook], stop_early=True) as cap:
         for batch in tqdm(make_loader(dataset, batch_size), desc="background features",
                           disable=not progress, leave=False):
             x, _, idx, _ = unpack_batch(batch, offset)
