@@ -23,6 +23,7 @@ from vitviz_core.evaluate import masking as mk
 from vitviz_core.evaluate import probe as pr
 from vitviz_core.evaluate import stats as st
 from vitviz_core.evaluate import token_mixing as tm
+from vitviz_core.hooks import capture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -190,6 +191,43 @@ def test_isolating_cls_at_depth_never_sees_patches():
     assert torch.allclose(a[3], b[3], atol=1e-6)          # patches never reach CLS
     assert torch.allclose(a[3], alone.expand_as(a[3]), atol=1e-5)
     assert not torch.allclose(a[2], b[2], atol=1e-4)      # joined for the last block
+
+
+def _reference_token_mixing(m: nn.Module, x: torch.Tensor, join: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-rewrite implementation: CLS and the patches run as separate streams through
+    blocks [0, join), then together; and CLS alone from block ``join``. Tokens entering
+    block 0 come from a capture (no private timm API)."""
+    with capture(m, ["blocks.0.hook_resid_pre"]) as cap:
+        cap.forward(x)
+    t = cap.activations["blocks.0.hook_resid_pre"]  # (B, L, C)
+    cls, rest = t[:, :1], t[:, 1:]
+    for blk in list(m.blocks)[:join]:
+        cls, rest = blk(cls), blk(rest)
+    z = torch.cat([cls, rest], dim=1)
+    for blk in list(m.blocks)[join:]:
+        z = blk(z)
+    c = t
+    for blk in list(m.blocks)[:join]:
+        c = blk(c)
+    c = c[:, :1]
+    for blk in list(m.blocks)[join:]:
+        c = blk(c)
+    return m.forward_head(m.norm(z)), m.forward_head(m.norm(c))
+
+
+def test_isolation_and_drop_by_attention_mask_equal_separate_streams():
+    m = tiny_vit(depth=3)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        out = tm.token_mixing_batch(m, x, join_layers=None, drop_layers=None)
+        for join in range(4):
+            iso, drop = _reference_token_mixing(m, x, join)
+            assert torch.allclose(out["isolate"][join], iso, atol=1e-5), join
+            assert torch.allclose(out["drop"][join], drop, atol=1e-5), join
+        # micro-batches (fewer rows per pass) give the same numbers
+        small = tm.prefix_masked_logits(m, x, {"iso": (tm.cls_isolation_mask, [0, 1, 3])}, [1], max_rows=3)
+    assert torch.allclose(small["groups"]["iso"][1], out["isolate"][1], atol=1e-6)
+    assert torch.allclose(small["drop"][1], out["drop"][1], atol=1e-6)
 
 
 def test_dropping_patches_and_patch_head():

@@ -436,7 +436,10 @@ def _spec(model: nn.Module, info: _ModelInfo, t: Target, probe: _Probe) -> HookS
         shape = tuple(apply_transform(t, torch.zeros(shape), model, ctx).shape)
     if not shape or shape[0] != _PROBE_BATCH:
         raise _batch_error(t.name, shape[0] if shape else None, _PROBE_BATCH, shape)
-    desc = _describe(shape, t.layout, t.prefix, info, probe.input_size)
+    if t.channels is not None:
+        desc = _proven_layout(t, shape, probe.input_size)
+    else:
+        desc = _describe(shape, t.layout, t.prefix, info, probe.input_size)
     if desc is None:
         raise HookError(f"hook {t.name!r}: activation shape {shape} has no supported layout "
                         f"(expected 2-4 dims); hook a different module")
@@ -446,6 +449,29 @@ def _spec(model: nn.Module, info: _ModelInfo, t: Target, probe: _Probe) -> HookS
                     hook_type=t.hook_type, shape=tuple(shape[1:]), description=t.description)
     info.specs[key] = spec
     return spec
+
+
+def _proven_layout(t: Target, shape: tuple[int, ...], size: tuple[int, int]
+                   ) -> tuple[str, int, int, tuple[int, int] | None]:
+    """(layout, prefix, channels, grid) of a hook whose channel count is known (timm
+    ``feature_info``): the channel dim must be the only one that fits, else a HookError."""
+    c = t.channels
+    fits: list[tuple[str, int, int, tuple[int, int] | None]] = []
+    if len(shape) == 4:
+        _, a, b, d = shape
+        if a == c and _plausible_grid(b, d, size):
+            fits.append(("NCHW", 0, c, (b, d)))
+        if d == c and _plausible_grid(a, b, size):
+            fits.append(("NHWC", 0, c, (a, b)))
+    elif len(shape) == 3 and shape[2] == c:
+        grid = _grid_for(shape[1], size)
+        if grid is not None:
+            fits.append(("NLC", 0, c, grid))
+    if len(fits) != 1:
+        why = "both NCHW and NHWC fit" if fits else f"no dim holds its {c} channels on a patch grid"
+        raise HookError(f"hook {t.name!r}: cannot infer the layout of its activation {tuple(shape)} safely "
+                        f"({why}); hook a module whose layout is unambiguous, or pass a raw module path")
+    return fits[0]
 
 
 def _batch_error(name: str, first: int | None, batch: int, shape: tuple[int, ...]) -> HookError:
