@@ -23,6 +23,11 @@ resnet          ``stages.{s}.blocks.{j}``             ``layer{s+1}.{j}``
 convnext        ``stages.{s}.blocks.{j}``             same paths as timm
 ==============  ====================================  =========================================
 
+Other hierarchical models with ``stages.{k}`` entries in timm's ``feature_info`` (families
+levit, maxvit, efficientformer, mobilevit, ...) get ``stages.{k}``, ``stages.{k}.blocks.{j}``
+and ``stages.{k}.blocks.{j}.mlp.hook_out``; their layouts are proven from the feature_info
+channel counts, and a shape where that proof fails is a HookError, never a guess.
+
 Nothing here runs a model; :mod:`vitviz_core.hooks` probes shapes and registers hooks.
 """
 

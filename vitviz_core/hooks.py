@@ -12,6 +12,7 @@ ResNet, ConvNeXt) use ``stages.{s}.blocks.{j}...`` and ``stages.{s}``. Per trans
     blocks.{i}.hook_mlp_out            FFN branch added to the residual (after LayerScale)
     blocks.{i}.attn.hook_q|k|v         (B, heads, L, d)            where the module exposes them
     blocks.{i}.attn.hook_pattern       (B, heads, L, L) softmax    needs unfused attention
+    blocks.{i}.attn.hook_mask          (B, 1, L, L) attention mask (True = may attend), to edit
     blocks.{i}.attn.hook_z             input of attn.proj (heads concatenated)
     blocks.{i}.attn.hook_result        output of attn.proj
     blocks.{i}.mlp.hook_pre            fc1 output
@@ -27,12 +28,27 @@ the model's default input size). :class:`capture` registers hooks only inside it
 block and always removes them; :func:`to_patch_maps` turns any captured activation into
 ``(B, C, H, W)`` maps with the prefix (CLS, distillation, register) tokens dropped.
 
+Hierarchical models without a table here (LeViT, MaxViT, EfficientFormer, MobileViT) get
+``stages.{k}``, ``stages.{k}.blocks.{j}`` and ``...blocks.{j}.mlp.hook_out`` from timm's
+``feature_info``, with layouts proven from its channel counts (else a :class:`HookError`).
+
+``capture(..., edit={name: fn})`` edits activations in flight (TransformerLens
+``run_with_hooks`` style); attention is run unfused only when an attention pattern is read.
+
 Example::
 
     with capture(model, ["blocks.3.mlp.hook_post"]) as cap:
         cap.forward(x)                                  # stops after block 3's GELU
     act = cap.activations["blocks.3.mlp.hook_post"]     # (B, L, 4C)
     maps = to_patch_maps(act, cap.specs["blocks.3.mlp.hook_post"])   # (B, 4C, H, W)
+
+    def cls_blind(mask, spec):                          # (B, 1, L, L) bool, True = may attend
+        mask = mask.clone()
+        mask[:, :, 0, 1:] = False                       # CLS no longer attends to the patches
+        return mask
+
+    with capture(model, [], edit={"blocks.0.attn.hook_mask": cls_blind}) as cap:
+        logits = cap.forward(x)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared plumbing of the evaluation experiments: model unwrapping, data loading and a
+"""Shared plumbing of the evaluation experiments: data loading and a
 batched "evaluate several image variants" loop that keeps per-image correctness.
 
 Images flow in pixel space ``[0, 1]`` (``LoadedModel.pixel_transform``); every variant
@@ -21,35 +21,21 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vitviz_core.errors import DataError, VitvizError
+from vitviz_core.models import as_loaded
 
 __all__ = [
-    "as_module", "normalizer", "model_device", "pixel_dataset", "model_dataset", "make_loader",
+    "model_device", "pixel_dataset", "model_dataset", "make_loader",
     "SkippingLoader", "unpack_batch", "Correctness", "evaluate_variants",
 ]
 
 
-def as_module(model: Any) -> nn.Module:
-    """The ``nn.Module`` of a LoadedModel, or the module itself (see :func:`~vitviz_core.models.as_loaded`)."""
-    from vitviz_core.models import as_loaded
-
-    return as_loaded(model).model
-
-
-def normalizer(model: Any) -> Callable[[Tensor], Tensor]:
-    """The model's pixel -> input normalisation (:func:`~vitviz_core.models.as_loaded`: a bare
-    timm module's data config, identity for any other module)."""
-    from vitviz_core.models import as_loaded
-
-    return as_loaded(model).normalize
-
-
 def model_device(model: Any) -> torch.device:
     try:
-        return next(as_module(model).parameters()).device
+        return next(as_loaded(model).model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
 
@@ -193,9 +179,10 @@ def evaluate_variants(
 
     from vitviz_core.evaluate.stats import topk_correct
 
-    module = as_module(model)
+    loaded = as_loaded(model)
+    module = loaded.model
     dev = torch.device(device) if device is not None else model_device(model)
-    norm = normalizer(model)
+    norm = loaded.normalize
     forward = classify or module
     labels: list[Tensor] = []
     indices: list[Tensor] = []

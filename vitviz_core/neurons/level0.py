@@ -51,10 +51,6 @@ __all__ = [
 # The patch-embedding convolution
 # --------------------------------------------------------------------------------------
 
-def _module(model: Any) -> nn.Module:
-    return as_loaded(model).model
-
-
 def patch_embedding(model: Any) -> tuple[Tensor, Tensor | None, int]:
     """``(weight (C, 3, p, p), bias (C,) or None, patch size p)`` of a timm ViT.
 
@@ -62,7 +58,7 @@ def patch_embedding(model: Any) -> tuple[Tensor, Tensor | None, int]:
         model: a LoadedModel or a timm VisionTransformer-like module with
             ``patch_embed.proj`` (a Conv2d whose stride equals its kernel size).
     """
-    module = _module(model)
+    module = as_loaded(model).model
     proj = getattr(getattr(module, "patch_embed", None), "proj", None)
     if not isinstance(proj, nn.Conv2d):
         raise HookError(
@@ -345,7 +341,7 @@ def pooled_token_features(
 
     from vitviz_core import hooks
 
-    module = _module(model)
+    module = as_loaded(model).model
     dev = torch.device(device) if device is not None else next(module.parameters()).device
     feats: dict[str, list[np.ndarray]] = {n: [] for n in hook_names}
     labels: list[np.ndarray] = []

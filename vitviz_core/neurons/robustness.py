@@ -221,12 +221,6 @@ def cls_attention_saliency(model: Any, x: Tensor, layer: int = -1, use_rollout: 
 # Sweeps
 # --------------------------------------------------------------------------------------
 
-def _module_and_norm(model: Any) -> tuple[torch.nn.Module, Callable[[Tensor], Tensor]]:
-    """A model's module and its pixel -> input normalisation (:func:`~vitviz_core.models.as_loaded`)."""
-    loaded = as_loaded(model)
-    return loaded.model, loaded.normalize
-
-
 def _unpack(batch: Any, offset: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(x, labels, indices)`` from ``(x, y, idx, ...)``, ``(x, y)`` or ``x``."""
     if isinstance(batch, Tensor):
@@ -295,7 +289,7 @@ def robustness_sweep(
     if needs_saliency and saliency_fn is None:
         raise VitvizError("occlusion modes 'most'/'least' need saliency_fn (e.g. foreground_saliency)")
     dev = torch.device(device)
-    mods = {n: _module_and_norm(m) for n, m in models.items()}
+    mods = {n: (as_loaded(m).model, as_loaded(m).normalize) for n, m in models.items()}
     hits: dict[str, dict[str, dict[int, list[Tensor]]]] = {n: {} for n in models}
     seconds = {n: 0.0 for n in models}
     seconds["variants"] = 0.0

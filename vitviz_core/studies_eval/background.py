@@ -69,15 +69,11 @@ def _background_features(model: Any, dataset: Any, fg_view: Tensor, hook: str, b
                          progress: bool) -> BackgroundFeatures:
     from tqdm.auto import tqdm
 
-    from vitviz_core.evaluate.common import (
-        as_module,
-        make_loader,
-        model_device,
-        unpack_batch,
-    )
+    from vitviz_core.evaluate.common import make_loader, model_device, unpack_batch
     from vitviz_core.hooks import capture, to_patch_maps
+    from vitviz_core.models import as_loaded
 
-    module = as_module(model)
+    module = as_loaded(model).model
     dev = model_device(model)
     bg_rows: list[Tensor] = []
     tot_rows: list[Tensor] = []
