@@ -51,13 +51,13 @@ def _dataset_from_name(name: str, root: str | Path | None, transform: Callable,
 def pixel_dataset(model: Any, name: str = "imagenet-val-1300", root: str | Path | None = None,
                   max_images: int | None = None) -> Dataset:
     """ImageFolder dataset in the model's *pixel* view (resize + crop, values in [0, 1])."""
-    return _dataset_from_name(name, root, model.pixel_transform(), max_images)
+    return _dataset_from_name(name, root, as_loaded(model).pixel_transform(), max_images)
 
 
 def model_dataset(model: Any, name: str = "imagenet-sample-1000", root: str | Path | None = None,
                   max_images: int | None = None) -> Dataset:
     """ImageFolder dataset in the model's input view (resize + crop + normalise)."""
-    return _dataset_from_name(name, root, model.eval_transform(), max_images)
+    return _dataset_from_name(name, root, as_loaded(model).eval_transform(), max_images)
 
 
 class SkippingLoader:
