@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import FakeLoaded
+from loaded import loaded as make_loaded
 from vitviz_core.evaluate import common
 from vitviz_core.evaluate.stats import accuracy_with_ci, ratio_with_ci, topk_correct
 
@@ -43,7 +43,7 @@ def _reference(forward, batches, variant):
 
 def test_per_image_results_match_a_direct_forward(tiny_vit, batches):
     cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
-    loaded = FakeLoaded(tiny_vit)
+    loaded = make_loaded(tiny_vit)
     res = common.evaluate_variants_many({"vit": loaded, "cnn": cnn}, batches, _variants, progress=False)
     assert res.variants == ["clean", "dark", "flip"] and set(res.by_model) == {"vit", "cnn"}
     assert res.labels.tolist() == torch.cat([b[1] for b in batches]).tolist()
@@ -126,7 +126,7 @@ def test_robustness_sweep_equals_the_direct_computation(tiny_vit, batches):
 
 @pytest.fixture()
 def toy_pixels(tmp_path):
-    """A factory: ``(FakeLoaded, pixel dataset of 7 images)``."""
+    """A factory: ``(LoadedModel, pixel dataset of 7 images)``."""
     from PIL import Image
 
     from vitviz_core.data import ImageFolderDataset
@@ -139,7 +139,7 @@ def toy_pixels(tmp_path):
             Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / f"im{c}_{i}.png")
 
     def make(model):
-        loaded = FakeLoaded(model)
+        loaded = make_loaded(model)
         return loaded, ImageFolderDataset(tmp_path / "toy", transform=loaded.pixel_transform())
 
     return make

@@ -286,7 +286,11 @@ def test_occlusion_extremes_and_modes():
 
 def test_robustness_sweep_on_tiny_models(tiny_vit):
     x = torch.rand(4, 3, 32, 32)
-    y = tiny_vit(x).argmax(-1)  # labels the clean model gets right by construction
+    from vitviz_core.models import as_loaded
+
+    # labels the clean model gets right by construction (a bare timm module is normalised by
+    # its timm data config, as models.as_loaded says)
+    y = tiny_vit(as_loaded(tiny_vit).normalize(x)).argmax(-1)
     loader = [(x[:2], y[:2], torch.arange(2)), (x[2:], y[2:], torch.arange(2, 4))]
     cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
     res = robustness.robustness_sweep(

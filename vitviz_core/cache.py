@@ -70,9 +70,10 @@ def _data_key(data: Any) -> Any:
 
 
 def _model_key(model: Any) -> Any:
-    module = getattr(model, "model", model)
-    if isinstance(module, nn.Module):
-        return {"info": model_info(model), "weights": weights_fingerprint(module)}
+    from vitviz_core.models import LoadedModel, as_loaded
+
+    if isinstance(model, (nn.Module, LoadedModel)):
+        return {"info": model_info(model), "weights": weights_fingerprint(as_loaded(model).model)}
     return repr(model)
 
 

@@ -1,4 +1,4 @@
-"""Shared plumbing of the evaluation experiments: model unwrapping, data loading and a
+"""Shared plumbing of the evaluation experiments: data loading and a
 batched "evaluate several image variants" loop that keeps per-image correctness.
 
 Images flow in pixel space ``[0, 1]`` (``LoadedModel.pixel_transform``); every variant
@@ -21,35 +21,22 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vitviz_core.errors import DataError, VitvizError
+from vitviz_core.models import as_loaded
 
 __all__ = [
-    "as_module", "normalizer", "model_device", "pixel_dataset", "model_dataset", "make_loader",
+    "model_device", "pixel_dataset", "model_dataset", "make_loader",
     "SkippingLoader", "unpack_batch", "Correctness", "SweepResult", "evaluate_variants",
     "evaluate_variants_many",
 ]
 
 
-def as_module(model: Any) -> nn.Module:
-    """The ``nn.Module`` of a LoadedModel, or the module itself."""
-    module = getattr(model, "model", model)
-    if not isinstance(module, nn.Module):
-        raise VitvizError(f"expected a LoadedModel or torch nn.Module, got {type(model).__name__}")
-    return module
-
-
-def normalizer(model: Any) -> Callable[[Tensor], Tensor]:
-    """The model's pixel -> input normalisation (identity for a bare module)."""
-    norm = getattr(model, "normalize", None)
-    return norm if callable(norm) and not isinstance(model, nn.Module) else (lambda x: x)
-
-
 def model_device(model: Any) -> torch.device:
     try:
-        return next(as_module(model).parameters()).device
+        return next(as_loaded(model).model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
 
@@ -65,13 +52,13 @@ def _dataset_from_name(name: str, root: str | Path | None, transform: Callable,
 def pixel_dataset(model: Any, name: str = "imagenet-val-1300", root: str | Path | None = None,
                   max_images: int | None = None) -> Dataset:
     """ImageFolder dataset in the model's *pixel* view (resize + crop, values in [0, 1])."""
-    return _dataset_from_name(name, root, model.pixel_transform(), max_images)
+    return _dataset_from_name(name, root, as_loaded(model).pixel_transform(), max_images)
 
 
 def model_dataset(model: Any, name: str = "imagenet-sample-1000", root: str | Path | None = None,
                   max_images: int | None = None) -> Dataset:
     """ImageFolder dataset in the model's input view (resize + crop + normalise)."""
-    return _dataset_from_name(name, root, model.eval_transform(), max_images)
+    return _dataset_from_name(name, root, as_loaded(model).eval_transform(), max_images)
 
 
 class SkippingLoader:
@@ -265,7 +252,8 @@ def evaluate_variants_many(
         raise VitvizError("evaluate_variants_many needs at least one model")
     first = next(iter(models.values()))
     dev = torch.device(device) if device is not None else model_device(first)
-    runs = {n: ((classify or {}).get(n) or as_module(m), normalizer(m)) for n, m in models.items()}
+    loaded = {n: as_loaded(m) for n, m in models.items()}
+    runs = {n: ((classify or {}).get(n) or lm.model, lm.normalize) for n, lm in loaded.items()}
     hits: dict[str, dict[str, dict[int, list[Tensor]]]] = {n: {} for n in models}
     preds: dict[str, dict[str, list[Tensor]]] = {n: {} for n in models}
     seconds = {n: 0.0 for n in models}

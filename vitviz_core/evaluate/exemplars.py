@@ -353,13 +353,12 @@ def exemplar_cache_key(model: Any, dataset: Any, hooks: Sequence[str], k: int,
     """Hex key of a search: model + weights hash + data fingerprint + hooks + k + stats.
 
     Raises ValueError when the dataset cannot be fingerprinted."""
-    from vitviz_core.evaluate.common import as_module
-
     from vitviz_core.cache import code_version
+    from vitviz_core.models import as_loaded
 
     spec = {"v": _CACHE_VERSION, "code": code_version(("vitviz_core.evaluate.exemplars", "vitviz_core.hooks")),
             "model": model_info(model),
-            "weights": weights_fingerprint(as_module(model)),
+            "weights": weights_fingerprint(as_loaded(model).model),
             "data": dataset_fingerprint(dataset), "hooks": list(hooks), "k": int(k),
             "stats": list(stats), "maps": bool(keep_maps)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
@@ -488,9 +487,10 @@ def find_exemplars(
     from tqdm.auto import tqdm
 
     from vitviz_core import config
-    from vitviz_core.evaluate.common import (as_module, make_loader, model_dataset, model_device,
+    from vitviz_core.evaluate.common import (make_loader, model_dataset, model_device,
                                              unpack_batch)
     from vitviz_core.hooks import capture, resolve_hook
+    from vitviz_core.models import as_loaded
 
     hooks = list(dict.fromkeys(hooks))
     stats = list(dict.fromkeys(stats))
@@ -499,7 +499,7 @@ def find_exemplars(
     for s in stats:
         if s not in STATISTICS:
             raise VitvizError(f"unknown statistic {s!r}: use one of {STATISTICS}")
-    module = as_module(model)
+    module = as_loaded(model).model
     specs = {h: resolve_hook(module, h) for h in hooks}
     if dataset is None:
         dataset = model_dataset(model, data_name, data_root, max_images)
@@ -540,10 +540,8 @@ def find_exemplars(
     offset = 0
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers,
                          pin_memory=dev.type == "cuda")
-    unfused = any(h.endswith("hook_pattern") for h in hooks)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp)
-    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True,
-                                                   unfused_attention=unfused) as cap:
+    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True) as cap:
         for batch in tqdm(loader, desc="exemplars", disable=not progress, leave=False):
             x, _, ids, _ = unpack_batch(batch, offset)
             offset += x.shape[0]
@@ -592,10 +590,10 @@ def activation_maps(model: Any, x: Tensor, hook: str, feature: int,
         size: ``"input"`` upsamples to the input's ``(H, W)``; a tuple to that size; ``None``
             keeps the patch grid.
     """
-    from vitviz_core.evaluate.common import as_module
+    from vitviz_core.models import as_loaded
     from vitviz_core.hooks import capture, to_patch_maps
 
-    module = as_module(model)
+    module = as_loaded(model).model
     with torch.inference_mode(), capture(module, [hook], stop_early=True) as cap:
         cap.forward(x)
         spec = cap.specs[hook]

@@ -107,19 +107,19 @@ def extract_features(
     """
     from tqdm.auto import tqdm
 
-    from vitviz_core.evaluate.common import (as_module, make_loader, model_device, normalizer,
-                                             pixel_dataset, unpack_batch)
+    from vitviz_core.evaluate.common import make_loader, model_device, pixel_dataset, unpack_batch
+    from vitviz_core.models import LoadedModel, as_loaded
 
-    module = as_module(model)
+    module = as_loaded(model).model
     npre = int(getattr(module, "num_prefix_tokens", 1))
-    pixel = hasattr(model, "pixel_transform")
+    pixel = isinstance(model, LoadedModel)  # a bare module is fed the dataset's tensors as they are
     if not pixel and (views > 1 or teacher is not None):
         raise VitvizError("augmented views and teachers need a LoadedModel (pixel-space data)")
     if dataset is None:
         if not pixel:
             raise VitvizError("pass dataset= when model is a bare nn.Module")
         dataset = pixel_dataset(model, data_name, data_root, max_images)
-    norm = normalizer(model) if pixel else (lambda t: t)
+    norm = as_loaded(model).normalize if pixel else (lambda t: t)
     dev = torch.device(device) if device is not None else model_device(model)
     gen = torch.Generator().manual_seed(seed)
     feats: list[Tensor] = []
@@ -140,7 +140,8 @@ def extract_features(
                     tsize = tuple(teacher.input_size)
                     xt = xv if tuple(xv.shape[-2:]) == tsize else F.interpolate(
                         xv, size=tsize, mode="bilinear", align_corners=False, antialias=True)
-                    tlogits.append(as_module(teacher)(teacher.normalize(xt)).float().cpu())
+                    tlm = as_loaded(teacher)
+                    tlogits.append(tlm.model(tlm.normalize(xt)).float().cpu())
     return (torch.cat(feats), torch.cat(labels),
             torch.cat(tlogits) if teacher is not None else None)
 

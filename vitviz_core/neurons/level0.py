@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from vitviz_core.errors import HookError, VitvizError
 from vitviz_core.evaluate.probe import ProbeResult as _ProbeResult
+from vitviz_core.models import as_loaded
 
 __all__ = [
     "patch_embedding",
@@ -52,13 +53,6 @@ __all__ = [
 # The patch-embedding convolution
 # --------------------------------------------------------------------------------------
 
-def _module(model: Any) -> nn.Module:
-    module = getattr(model, "model", model)
-    if not isinstance(module, nn.Module):
-        raise VitvizError(f"expected a LoadedModel or a torch nn.Module, got {type(model).__name__}")
-    return module
-
-
 def patch_embedding(model: Any) -> tuple[Tensor, Tensor | None, int]:
     """``(weight (C, 3, p, p), bias (C,) or None, patch size p)`` of a timm ViT.
 
@@ -66,7 +60,7 @@ def patch_embedding(model: Any) -> tuple[Tensor, Tensor | None, int]:
         model: a LoadedModel or a timm VisionTransformer-like module with
             ``patch_embed.proj`` (a Conv2d whose stride equals its kernel size).
     """
-    module = _module(model)
+    module = as_loaded(model).model
     proj = getattr(getattr(module, "patch_embed", None), "proj", None)
     if not isinstance(proj, nn.Conv2d):
         raise HookError(
@@ -349,7 +343,7 @@ def pooled_token_features(
 
     from vitviz_core import hooks
 
-    module = _module(model)
+    module = as_loaded(model).model
     dev = torch.device(device) if device is not None else next(module.parameters()).device
     feats: dict[str, list[np.ndarray]] = {n: [] for n in hook_names}
     labels: list[np.ndarray] = []

@@ -26,6 +26,7 @@ from torch import Tensor
 from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.common import SweepResult, evaluate_variants_many
 from vitviz_core.evaluate.fill import FILLS, Fill, fill_image, fill_name
+from vitviz_core.models import as_loaded
 
 __all__ = [
     "image_generator",
@@ -174,7 +175,7 @@ def cls_attention_saliency(model: Any, x: Tensor, layer: int = -1, use_rollout: 
     """
     from vitviz_core.neurons.propagation import capture_attention, rollout
 
-    module = getattr(model, "model", model)
+    module = as_loaded(model).model
     npf = int(getattr(module, "num_prefix_tokens", 1))
     if npf < 1:
         raise VitvizError("CLS-attention saliency needs a ViT with a CLS token (num_prefix_tokens >= 1)")
