@@ -10,6 +10,7 @@ import torch
 
 from loaded import loaded as make_loaded
 from vitviz_core.evaluate import common
+from vitviz_core.models import as_loaded
 from vitviz_core.evaluate.stats import accuracy_with_ci, ratio_with_ci, topk_correct
 
 
@@ -116,9 +117,10 @@ def test_robustness_sweep_equals_the_direct_computation(tiny_vit, batches):
     direct = {"clean": x, "shuffle-g2": rb.shuffle_patches(x, 2, seed=3, indices=idx),
               "occlude-random-0.5-black": rb.occlude(x, mask, "black"),
               "occlude-random-0.5-image_mean": rb.occlude(x, mask, "image_mean")}
+    norm = as_loaded(tiny_vit).normalize  # a bare timm module is fed timm's normalisation
     with torch.inference_mode():
         for v, xv in direct.items():
-            hits = topk_correct(tiny_vit(xv), y, (1, 5))
+            hits = topk_correct(tiny_vit(norm(xv)), y, (1, 5))
             np.testing.assert_array_equal(res.correct["vit"][v][1], hits[1].numpy())
             np.testing.assert_array_equal(res.correct["vit"][v][5], hits[5].numpy())
     np.testing.assert_array_equal(res.correct["vit"]["shuffle-g1"][1], res.correct["vit"]["clean"][1])
