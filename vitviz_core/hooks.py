@@ -520,13 +520,16 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             from the activations back to the input.
         unfused_attention: switch timm's ``fused_attn`` off on every module inside the block
             (restored on exit). Needed for ``attn.hook_pattern``; pass ``False`` for speed.
+        copy: store a copy of each captured tensor (default). ``False`` stores the tensor the
+            module produced (no clone: saves a full activation copy per forward); safe when the
+            forward stops at the hook (``stop_early``), since no later op can modify it in place.
 
     After ``forward(x)``: ``activations[name]`` holds the tensor in the spec's layout, and
     ``specs[name]`` its :class:`HookSpec`, with ``grid``/``shape`` updated to ``x``'s size.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str] | str, stop_early: bool = True,
-                 detach: bool = True, unfused_attention: bool = True) -> None:
+                 detach: bool = True, unfused_attention: bool = True, copy: bool = True) -> None:
         if isinstance(names, str):
             names = [names]
         self.names: list[str] = list(dict.fromkeys(names))
@@ -536,6 +539,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
         self.stop_early = stop_early
         self.detach = detach
         self.unfused_attention = unfused_attention
+        self.copy = copy
         info = _info(model)
         probe = _probe(model, info, info.default_size)
         self._targets: dict[str, Target] = {n: _target(model, info, n, probe) for n in self.names}
@@ -560,7 +564,10 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             v = apply_transform(target, t, self.model, self._context) if target.transform else t
             if self._batch is not None and (v.ndim == 0 or v.shape[0] != self._batch):
                 raise _batch_error(name, int(v.shape[0]) if v.ndim else None, self._batch, tuple(v.shape))
-            v = v.detach().clone() if self.detach else v.clone()
+            if self.detach:
+                v = v.detach()
+            if self.copy:
+                v = v.clone()
             self.activations[name] = v
             self._fired.add(name)
         if self.stop_early and path and len(self._fired) == len(self.names):
