@@ -441,12 +441,19 @@ class _EagerForward:
         return dict(self.cap.activations), dict(self.cap.specs)
 
 
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, Callable]]" = weakref.WeakKeyDictionary()
+
+
 class _CompiledForward:
     """``torch.compile`` of :func:`truncated_forward`; specs measured once at this input size."""
 
     def __init__(self, net: nn.Module, hooks: Sequence[str], specs: dict[str, Any], compile: bool | str) -> None:
-        kw = {"backend": compile} if isinstance(compile, str) else {}
-        self.fn = torch.compile(truncated_forward(net, hooks), dynamic=False, **kw)
+        key = (tuple(hooks), compile if isinstance(compile, str) else "inductor")
+        per_net = _COMPILED.setdefault(net, {})
+        if key not in per_net:  # compiled once per model, hooks and backend (later runs reuse it)
+            kw = {"backend": compile} if isinstance(compile, str) else {}
+            per_net[key] = torch.compile(truncated_forward(net, hooks), dynamic=False, **kw)
+        self.fn = per_net[key]
         self.specs = specs
 
     def __call__(self, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -490,6 +497,9 @@ def _fingerprint(net: nn.Module) -> tuple:
 def _bf16_model(net: nn.Module) -> nn.Module:
     """A frozen bf16 copy of ``net``, made once per model (again after its weights change):
     casting once avoids autocast's re-cast of every weight at every step."""
+    floats = [t for t in list(net.parameters()) + list(net.buffers()) if t.is_floating_point()]
+    if floats and all(t.dtype == torch.bfloat16 for t in floats):
+        return net  # already bf16: no copy
     fp = _fingerprint(net)
     hit = _BF16_COPIES.get(net)
     if hit is not None and hit[0] == fp:
