@@ -665,3 +665,21 @@ def test_cli_render_writes_png(capsys, tmp_path: Path) -> None:
 
     meta = Image.open(out).info
     assert '"hook": "blocks.0.mlp.hook_post"' in meta.get("Description", "")
+
+
+def test_estimate_seconds_follows_automatic_chunking(monkeypatch) -> None:
+    from vitviz_core import optimize as opt_mod
+
+    model = tiny("vit")
+    calls = []
+    real = opt_mod.optimize_features
+
+    def spy(*args, **kw):
+        res = real(*args, **kw)
+        calls.append(res.config)
+        return res
+    monkeypatch.setattr(opt_mod, "optimize_features", spy)
+    monkeypatch.setattr(opt_mod, "_memory_budget", lambda dev: 1.0)  # chunks of one feature
+    eta = opt_mod.estimate_seconds(model, "blocks.1.mlp.hook_post", [1, 2, 3], steps=10, normalize=NORM,
+                                   n_augment=2)
+    assert 0 < eta < 3600 and calls[0]["batch_features"] == 1 and calls[0]["steps"] == 1

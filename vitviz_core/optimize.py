@@ -370,7 +370,7 @@ def optimize_features(
                 forward: Callable[[Tensor], tuple[dict, dict]]
                 if compile:
                     with torch.no_grad():  # the hooks' specs at this input size
-                        cap.forward(norm_fn(torch.rand(1, 3, *in_hw, device=dev)).to(in_dtype))
+                        cap.forward(norm_fn(torch.full((1, 3, *in_hw), 0.5, device=dev)).to(in_dtype))
                     forward = _CompiledForward(run_net, hook_names, dict(cap.specs), compile)
                 else:
                     forward = _EagerForward(cap)
@@ -550,7 +550,7 @@ def _bytes_per_pass(cap: Any, net: nn.Module, normalize: Normalize, in_hw: tuple
             saved[st.data_ptr()] = st.nbytes()
         return t
 
-    x = torch.rand(1, 3, *in_hw, device=dev, requires_grad=True)  # (1, 3, h, w)
+    x = torch.full((1, 3, *in_hw), 0.5, device=dev, requires_grad=True)  # (1, 3, h, w); no global RNG draw
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         cap.forward(normalize(x).to(in_dtype))
     cap.activations = {}
@@ -622,12 +622,14 @@ def _run_chunk(forward: Callable[[Tensor], tuple[dict, dict]], normalize: Normal
 def estimate_seconds(model: Any, hook: str, features: Sequence[int], *, steps: int | None = None,
                      batch_features: int | None = None, **kwargs: Any) -> float:
     """Seconds :func:`optimize_features` will take, from one timed step on the real batch
-    (the first chunk of ``batch_features`` features), times the steps and chunks."""
+    (the first chunk of ``batch_features`` features; with None, the chunk size automatic
+    chunking picks for the first 256 features), times the steps and chunks."""
     feats = list(features)
-    chunk = len(feats) if batch_features is None else int(batch_features)
-    res = optimize_features(model, hook, feats[:chunk], steps=1, progress=False, **kwargs)
+    first = feats[:256] if batch_features is None else feats[:int(batch_features)]
+    res = optimize_features(model, hook, first, steps=1, progress=False, batch_features=batch_features, **kwargs)
+    chunk = int(res.config["batch_features"])
     total_steps = (steps if steps is not None else get_recipe(kwargs.get("recipe", "paper")).steps)
-    return res.seconds * total_steps * math.ceil(len(feats) / chunk)
+    return res.seconds / max(1, res.config["chunks"]) * total_steps * math.ceil(len(feats) / chunk)
 
 
 @torch.no_grad()
