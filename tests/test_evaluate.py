@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from fakes import FakeLoaded
+from loaded import loaded as as_test_loaded
 from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -23,6 +23,7 @@ from vitviz_core.evaluate import masking as mk
 from vitviz_core.evaluate import probe as pr
 from vitviz_core.evaluate import stats as st
 from vitviz_core.evaluate import token_mixing as tm
+from vitviz_core.hooks import capture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -43,7 +44,7 @@ class Brightness(nn.Module):
     """Predicts class 1 when the mean pixel (in [0, 1]) exceeds 0.25, else class 0."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = (x * 0.5 + 0.5).mean(dim=(1, 2, 3))  # undo FakeLoaded.normalize
+        m = (x * 0.5 + 0.5).mean(dim=(1, 2, 3))  # undo loaded().normalize
         logits = torch.full((x.shape[0], 10), -10.0)
         logits[:, 0] = 0.25 - m
         logits[:, 1] = m - 0.25
@@ -151,7 +152,7 @@ def test_filters_cut_a_known_frequency():
 
 
 def test_frequency_sweep_on_a_mean_colour_classifier(toy_folder):
-    res = fq.frequency_sweep(FakeLoaded(Brightness()), cutoffs=(0, 2, math.inf), kinds=("low", "high"),
+    res = fq.frequency_sweep(as_test_loaded(Brightness()), cutoffs=(0, 2, math.inf), kinds=("low", "high"),
                              data_name="toy", data_root=toy_folder.parent, batch_size=3, progress=False)
     # low-pass keeps the mean colour, and so does high_pass(keep_dc=True): nothing changes
     assert res.natural_top1.value == 1.0
@@ -190,6 +191,43 @@ def test_isolating_cls_at_depth_never_sees_patches():
     assert torch.allclose(a[3], b[3], atol=1e-6)          # patches never reach CLS
     assert torch.allclose(a[3], alone.expand_as(a[3]), atol=1e-5)
     assert not torch.allclose(a[2], b[2], atol=1e-4)      # joined for the last block
+
+
+def _reference_token_mixing(m: nn.Module, x: torch.Tensor, join: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-rewrite implementation: CLS and the patches run as separate streams through
+    blocks [0, join), then together; and CLS alone from block ``join``. Tokens entering
+    block 0 come from a capture (no private timm API)."""
+    with capture(m, ["blocks.0.hook_resid_pre"]) as cap:
+        cap.forward(x)
+    t = cap.activations["blocks.0.hook_resid_pre"]  # (B, L, C)
+    cls, rest = t[:, :1], t[:, 1:]
+    for blk in list(m.blocks)[:join]:
+        cls, rest = blk(cls), blk(rest)
+    z = torch.cat([cls, rest], dim=1)
+    for blk in list(m.blocks)[join:]:
+        z = blk(z)
+    c = t
+    for blk in list(m.blocks)[:join]:
+        c = blk(c)
+    c = c[:, :1]
+    for blk in list(m.blocks)[join:]:
+        c = blk(c)
+    return m.forward_head(m.norm(z)), m.forward_head(m.norm(c))
+
+
+def test_isolation_and_drop_by_attention_mask_equal_separate_streams():
+    m = tiny_vit(depth=3)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        out = tm.token_mixing_batch(m, x, join_layers=None, drop_layers=None)
+        for join in range(4):
+            iso, drop = _reference_token_mixing(m, x, join)
+            assert torch.allclose(out["isolate"][join], iso, atol=1e-5), join
+            assert torch.allclose(out["drop"][join], drop, atol=1e-5), join
+        # micro-batches (fewer rows per pass) give the same numbers
+        small = tm.prefix_masked_logits(m, x, {"iso": (tm.cls_isolation_mask, [0, 1, 3])}, [1], max_rows=3)
+    assert torch.allclose(small["groups"]["iso"][1], out["isolate"][1], atol=1e-6)
+    assert torch.allclose(small["drop"][1], out["drop"][1], atol=1e-6)
 
 
 def test_dropping_patches_and_patch_head():
@@ -238,13 +276,13 @@ def test_token_mixing_experiment_records_a_table():
 
 
 def test_full_image_box_background_only_is_pure_fill(toy_folder, tmp_path):
-    loaded = FakeLoaded(Brightness())
+    loaded = as_test_loaded(Brightness())
     csv = write_csv(tmp_path / "LOC_val_solution.csv", toy_folder, "0 0 39 39")
     ds = mk.BoxMaskDataset(toy_folder, csv, loaded.pixel_transform())
     x, label, idx, mask = ds[0]
     assert mask.shape == (32, 32) and bool(mask.all())
     xb = x[None]
-    for fill in ("black", "mean", (0.2, 0.4, 0.6)):
+    for fill in ("black", "dataset_mean", (0.2, 0.4, 0.6)):
         bg_only = mk.apply_mask(xb, ~mask[None], fill)
         assert torch.equal(bg_only, mk.fill_image(xb, fill))
         assert torch.equal(mk.apply_mask(xb, mask[None], fill), xb)
@@ -253,7 +291,7 @@ def test_full_image_box_background_only_is_pure_fill(toy_folder, tmp_path):
 
 
 def test_box_masks_follow_the_crop(toy_folder, tmp_path):
-    loaded = FakeLoaded(Brightness())
+    loaded = as_test_loaded(Brightness())
     csv = write_csv(tmp_path / "LOC_val_solution.csv", toy_folder, "0 0 19 39")  # left half
     ds = mk.BoxMaskDataset(toy_folder, csv, loaded.pixel_transform())
     mask = ds[3][3]
@@ -261,7 +299,7 @@ def test_box_masks_follow_the_crop(toy_folder, tmp_path):
 
 
 def test_masking_experiment_known_answer(toy_folder, tmp_path):
-    loaded = FakeLoaded(Brightness())
+    loaded = as_test_loaded(Brightness())
     csv = write_csv(tmp_path / "LOC_val_solution.csv", toy_folder, "0 0 39 39")
     res = mk.masking_experiment([loaded], masks="boxes", boxes=csv, data_name="toy",
                                 data_root=toy_folder.parent, batch_size=3, n_boot=200, progress=False)
@@ -284,7 +322,7 @@ def test_masking_with_a_foreground_model(toy_folder):
             p[:, :, 12:20, 10:22] = 0.9
             return p
 
-    loaded = FakeLoaded(Brightness())
+    loaded = as_test_loaded(Brightness())
     res = mk.masking_experiment(loaded, masks="foreground", foreground_model=CentreBlob(), mode="box",
                                 data_name="toy", data_root=toy_folder.parent, n_boot=100, progress=False)
     r = res["toy"]
@@ -295,7 +333,7 @@ def test_masking_with_a_foreground_model(toy_folder):
 
 
 def test_bad_box_files_raise_data_error(toy_folder, tmp_path):
-    tf = FakeLoaded(Brightness()).pixel_transform()
+    tf = as_test_loaded(Brightness()).pixel_transform()
     bad = tmp_path / "bad.csv"
     bad.write_text("ImageId,PredictionString\nimg_x,n01440764 1 2 3\n")
     with pytest.raises(DataError, match="bad.csv"):
@@ -322,7 +360,7 @@ def test_xml_boxes_are_rescaled_to_the_image_on_disk(toy_folder, tmp_path):
             "<annotation><size><width>80</width><height>80</height></size><object><name>"
             f"{f.parent.name}</name><bndbox><xmin>0</xmin><ymin>0</ymin><xmax>39</xmax>"
             "<ymax>79</ymax></bndbox></object></annotation>")
-    ds = mk.BoxMaskDataset(toy_folder, xml_dir, FakeLoaded(Brightness()).pixel_transform())
+    ds = mk.BoxMaskDataset(toy_folder, xml_dir, as_test_loaded(Brightness()).pixel_transform())
     mask = ds[0][3]
     assert mask[:, :15].all() and not mask[:, 17:].any()
 
@@ -481,7 +519,7 @@ def test_plot_helpers_return_figures(toy_folder, tmp_path, monkeypatch):
     from vitviz_core.data import ImageFolderDataset
 
     monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
-    loaded = FakeLoaded(tiny_vit(depth=1))
+    loaded = as_test_loaded(tiny_vit(depth=1))
     res = ex.find_exemplars(loaded, ImageFolderDataset(toy_folder, transform=loaded.eval_transform()),
                             ["blocks.0.mlp.hook_post"], k=4, progress=False)
     assert len(res.images("blocks.0.mlp.hook_post", 3)) == 4

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from fakes import FakeLoaded
+from loaded import loaded
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
@@ -192,7 +192,7 @@ def _pixels(n: int = 3) -> Indexed:
 def test_token_mixing_explorer_controls() -> None:
     from vitviz_core import studies_eval as se
 
-    ex = se.TokenMixingExplorer(FakeLoaded(_vit(2)), _pixels(), default=(0, 1))
+    ex = se.TokenMixingExplorer(loaded(_vit(2)), _pixels(), default=(0, 1))
     c = ex.widget().controls
     assert c["layer"].max == 2 and c["image"].max == 2
     c["button"].click()
@@ -212,7 +212,7 @@ def test_masking_explorer_controls() -> None:
 
     fg = torch.zeros(3, 32, 32)  # (N, H, W) foreground probability
     fg[:, 8:24, 8:24] = 1
-    ex = se.MaskingExplorer({"a": FakeLoaded(_vit(1)), "b": FakeLoaded(_vit(2))}, _pixels(), fg,
+    ex = se.MaskingExplorer({"a": loaded(_vit(1)), "b": loaded(_vit(2))}, _pixels(), fg,
                             default=(0, "black", 16.0))
     c = ex.widget().controls
     c["button"].click()

@@ -182,7 +182,7 @@ def test_every_canonical_name_resolves_and_captures(key: str) -> None:
         act = cap.activations[spec.name]
         assert act.shape[0] == 2 and tuple(act.shape[1:]) == spec.shape, spec.name
         assert not act.requires_grad
-        if spec.layout == "BHLL":
+        if spec.layout == "BHLL" and spec.hook_type != "mask":  # masks: (B, 1, L, L) bool
             assert torch.allclose(act.sum(-1), torch.ones(()), atol=1e-5), spec.name  # softmax rows
         if spec.layout in ("BHLL", "NC"):
             continue
@@ -374,7 +374,8 @@ def test_early_stop_matches_full_forward_and_skips_the_rest() -> None:
     # a pre-hook name stops before its module runs
     with capture(model, ["blocks.1.hook_resid_pre"]) as cap:
         assert cap.forward(x) is None
-    with capture(model, ["hook_logits"]) as cap:  # never stops on the model output itself
+    # never stops on the model output itself (unfused, as the pattern capture above ran)
+    with capture(model, ["hook_logits"], unfused_attention=True) as cap:
         assert torch.equal(cap.forward(x), logits)
     assert_no_hooks(model)
 
@@ -387,8 +388,8 @@ def test_hooks_removed_and_fused_attn_restored_after_exceptions() -> None:
         m.fused_attn = True
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            with capture(model, ["blocks.0.mlp.hook_post", "blocks.1.attn.hook_q"]) as cap:
-                assert all(m.fused_attn is False for m in attn)
+            with capture(model, ["blocks.0.mlp.hook_post", "blocks.1.attn.hook_pattern"]) as cap:
+                assert all(m.fused_attn is False for m in attn)  # decided from the hooks
                 assert any(m._forward_hooks for m in model.modules())
                 raise RuntimeError("boom")
         assert_no_hooks(model)
@@ -406,7 +407,7 @@ def test_hooks_removed_and_fused_attn_restored_after_exceptions() -> None:
         assert cap.activations["blocks.0.mlp.hook_post"].shape == (2, 17, 128)
         assert_no_hooks(model)
         # keeping fused attention: the pattern hook cannot fire, and that is a clear error
-        with pytest.raises(HookError, match="unfused_attention=True"):
+        with pytest.raises(HookError, match="unfused attention"):
             with capture(model, ["blocks.0.attn.hook_pattern"], unfused_attention=False) as cap:
                 assert all(m.fused_attn is True for m in attn)
                 cap.forward(image("vit"))
@@ -555,3 +556,128 @@ def test_batch_dim_is_checked_at_capture_time() -> None:
             cap.forward(torch.rand(3, 3, 8, 8))
         cap.forward(torch.rand(2, 3, 8, 8))  # a batch of 2 still works
     assert_no_hooks(model)
+
+
+# --------------------------------------------------------------------------------------------
+# interventions: capture(..., edit=) and the attention-mask hook
+# --------------------------------------------------------------------------------------------
+
+def test_identity_edits_leave_the_forward_pass_bit_for_bit() -> None:
+    model, x = tiny("vit"), image("vit")
+    with torch.no_grad():
+        ref = model(x)
+        edits = {"blocks.0.hook_resid_pre": lambda t, s: t, "blocks.1.mlp.hook_post": lambda t, s: None,
+                 "blocks.1.attn.hook_mask": lambda m, s: m}
+        with capture(model, [], edit=edits) as cap:
+            out = cap.forward(x)
+    assert torch.equal(out, ref)
+    assert_no_hooks(model)
+
+
+def test_edits_change_outputs_and_captures_see_edited_values() -> None:
+    model, x = tiny("vit"), image("vit")
+    with torch.no_grad():
+        ref = model(x)
+        zero = {"blocks.1.mlp.hook_post": lambda t, s: torch.zeros_like(t)}
+        with capture(model, ["blocks.1.mlp.hook_post"], stop_early=False, edit=zero) as cap:
+            out = cap.forward(x)
+    assert not torch.allclose(out, ref)
+    assert cap.activations["blocks.1.mlp.hook_post"].abs().max() == 0
+    with pytest.raises(HookError, match="cannot be edited"):  # v is split out of qkv
+        capture(model, [], edit={"blocks.0.attn.hook_v": lambda t, s: t})
+    assert_no_hooks(model)
+
+
+def test_hook_mask_cuts_attention_edges() -> None:
+    model, x = tiny("vit"), image("vit")
+
+    def cls_blind(mask: torch.Tensor, spec: HookSpec) -> torch.Tensor:  # (B, 1, L, L) bool
+        assert mask.dtype == torch.bool and mask.all() and mask.shape[1] == 1
+        mask = mask.clone()
+        mask[:, :, 0, 1:] = False
+        return mask
+
+    with capture(model, ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_mask"],
+                 edit={"blocks.0.attn.hook_mask": cls_blind}) as cap:
+        cap.forward(x)
+    pattern = cap.activations["blocks.0.attn.hook_pattern"]  # (B, heads, L, L)
+    assert torch.allclose(pattern[:, :, 0, 0], torch.ones(()))  # CLS attends only to itself
+    assert (pattern[:, :, 1:, 0] > 0).all()                    # patches still see CLS
+    assert not cap.activations["blocks.0.attn.hook_mask"][:, :, 0, 1:].any()
+
+
+def test_unfused_attention_is_decided_from_the_hooks() -> None:
+    model = tiny("vit")
+    attn = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    for m in attn:
+        m.fused_attn = True
+    try:
+        with capture(model, ["blocks.0.mlp.hook_post", "blocks.0.attn.hook_q"]) as cap:
+            assert cap.unfused_attention is False and all(m.fused_attn for m in attn)
+        with capture(model, ["blocks.0.attn.hook_pattern"]) as cap:
+            assert cap.unfused_attention is True and not any(m.fused_attn for m in attn)
+        assert all(m.fused_attn for m in attn)
+    finally:
+        for m in attn:
+            m.fused_attn = timm.layers.use_fused_attn()
+
+
+def test_captured_blocks_match_timm_forward_intermediates() -> None:
+    model, x = tiny("vit"), image("vit")
+    names = [f"blocks.{i}" for i in range(len(model.blocks))]
+    with torch.no_grad():
+        with capture(model, names) as cap:
+            cap.forward(x)
+        _, inter = model.forward_intermediates(x, norm=False, output_fmt="NLC", return_prefix_tokens=True)
+    for n, (patches, prefix) in zip(names, inter):
+        act = cap.activations[n]  # (B, L, C)
+        npre = cap.specs[n].num_prefix_tokens
+        assert torch.allclose(act[:, npre:], patches, atol=1e-6)
+        assert torch.allclose(act[:, :npre], prefix, atol=1e-6)
+
+
+def test_capture_accepts_a_loaded_model() -> None:
+    from vitviz_core.models import as_loaded
+
+    model, x = tiny("vit"), image("vit")
+    with capture(as_loaded(model), ["blocks.0"]) as cap:
+        cap.forward(x)
+    assert cap.model is model
+
+
+# --------------------------------------------------------------------------------------------
+# stage names from timm's feature_info
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,kwargs,family", [  # LeViT / EfficientFormer: attention biases fix 224 px
+    ("levit_128s", dict(num_classes=10), "levit"),
+    ("efficientformer_l1", dict(num_classes=10), "efficientformer"),
+    ("mobilevit_xxs", dict(num_classes=10, pretrained_cfg_overlay=dict(input_size=(3, 64, 64))), "mobilevit"),
+])
+def test_stage_names_come_from_feature_info(arch: str, kwargs: dict, family: str) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, **kwargs).eval()
+    assert model_family(model) == family
+    stages = [e["module"] for e in model.feature_info if e["module"].startswith("stages.")]
+    specs = {s.name: s for s in list_hooks(model)}
+    for entry in model.feature_info:
+        if entry["module"] in stages:
+            spec = specs[entry["module"]]
+            assert spec.channels == entry["num_chs"] and spec.grid is not None
+    name = next(n for n in specs if ".blocks." in n)
+    with capture(model, [name, stages[-1]]) as cap:
+        cap.forward(torch.zeros(2, 3, *default_input_size(model)))
+    maps = to_patch_maps(cap.activations[stages[-1]], cap.specs[stages[-1]])
+    assert maps.shape[1] == specs[stages[-1]].channels
+
+
+def test_a_layout_that_cannot_be_proven_is_a_hook_error() -> None:
+    from vitviz_core.hook_names import Target
+    from vitviz_core.hooks import _proven_layout
+
+    ambiguous = Target("stages.0", "stages.0", channels=8)
+    with pytest.raises(HookError, match="safely"):
+        _proven_layout(ambiguous, (2, 8, 8, 8), (64, 64))  # NCHW and NHWC both fit
+    with pytest.raises(HookError, match="safely"):
+        _proven_layout(ambiguous, (2, 5, 16, 16), (64, 64))  # no dim holds 8 channels
+    assert _proven_layout(ambiguous, (2, 8, 4, 4), (64, 64)) == ("NCHW", 0, 8, (4, 4))

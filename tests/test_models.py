@@ -526,3 +526,60 @@ def test_public_message_hides_machine_folders(isolated: Path, monkeypatch: pytes
     public = models.public_message(info.value)
     assert str(folder) not in public and str(isolated) not in public
     assert "VITVIZ_WEIGHTS folder" in public
+
+
+# --------------------------------------------------------------------------------------
+# as_loaded: the one adapter
+# --------------------------------------------------------------------------------------
+
+def _tiny_timm() -> torch.nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
+                             embed_dim=32, num_heads=2, num_classes=10).eval()
+
+
+def test_as_loaded_wraps_a_timm_module_with_its_data_config() -> None:
+    module = _tiny_timm()
+    lm = models.as_loaded(module)
+    assert isinstance(lm, models.LoadedModel) and lm.model is module
+    assert lm.input_size == (32, 32) and lm.num_classes == 10
+    assert lm.data_config["mean"] == tuple(float(v) for v in module.pretrained_cfg["mean"])
+    x = torch.rand(1, 3, 32, 32)
+    mean = torch.tensor(lm.data_config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(lm.data_config["std"]).view(1, 3, 1, 1)
+    assert torch.allclose(lm.normalize(x), (x - mean) / std)
+    assert module.training is False  # the module is used as it is
+
+
+def test_as_loaded_passes_loaded_models_through_and_overrides() -> None:
+    lm = models.as_loaded(_tiny_timm())
+    assert models.as_loaded(lm) is lm
+    other = models.as_loaded(lm, normalize=((0.0,) * 3, (1.0,) * 3), input_size=48)
+    assert other is not lm and other.model is lm.model
+    assert other.input_size == (48, 48) and lm.input_size == (32, 32)
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(other.normalize(x), x)
+    assert models.as_loaded(lm, input_size=(32, 40)).input_size == (32, 40)
+
+
+def test_as_loaded_plain_modules_and_errors() -> None:
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 224 * 224, 2))
+    lm = models.as_loaded(plain)
+    x = torch.rand(1, 3, 4, 4)
+    assert torch.equal(lm.normalize(x), x)  # a non-timm module is fed what it is given
+    assert lm.input_size == (224, 224)
+    with pytest.raises(VitvizError, match="LoadedModel or a torch nn.Module"):
+        models.as_loaded("vit-ti16")
+    with pytest.raises(VitvizError, match="normalize"):
+        models.as_loaded(plain, normalize=(0.5, 0.5))
+    with pytest.raises(VitvizError, match="input_size"):
+        models.as_loaded(plain, input_size=(0, 3))
+
+
+def test_foreground_model_lives_in_its_own_module() -> None:
+    from vitviz_core import foreground
+
+    assert models.ForegroundModel is foreground.ForegroundModel
+    assert models.load_foreground_model is foreground.load_foreground_model

@@ -265,7 +265,7 @@ def test_occlusion_extremes_and_modes():
     assert torch.equal(robustness.occlude(x, m0, "black"), x)
     m1 = robustness.occlusion_mask(2, (4, 4), 1.0)
     assert torch.equal(robustness.occlude(x, m1, "black"), torch.zeros_like(x))
-    full_mean = robustness.occlude(x, m1, "mean")
+    full_mean = robustness.occlude(x, m1, "image_mean")
     torch.testing.assert_close(full_mean, x.mean((2, 3), keepdim=True).expand_as(x))
     assert torch.equal(robustness.occlude(x, m1, (0.1, 0.2, 0.3))[:, 1], torch.full((2, 32, 32), 0.2))
     half = robustness.occlusion_mask(2, (4, 4), 0.5, seed=0)
@@ -286,7 +286,11 @@ def test_occlusion_extremes_and_modes():
 
 def test_robustness_sweep_on_tiny_models(tiny_vit):
     x = torch.rand(4, 3, 32, 32)
-    y = tiny_vit(x).argmax(-1)  # labels the clean model gets right by construction
+    from vitviz_core.models import as_loaded
+
+    # labels the clean model gets right by construction (a bare timm module is normalised by
+    # its timm data config, as models.as_loaded says)
+    y = tiny_vit(as_loaded(tiny_vit).normalize(x)).argmax(-1)
     loader = [(x[:2], y[:2], torch.arange(2)), (x[2:], y[2:], torch.arange(2, 4))]
     cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
     res = robustness.robustness_sweep(

@@ -20,7 +20,7 @@ import timm
 import torch
 from PIL import Image
 
-from fakes import FakeLoaded
+from loaded import loaded
 from vitviz_core.data import DataError, ImageFolderDataset, Unreadable, collate_skipping, skipped_files
 from vitviz_core.evaluate.common import evaluate_variants, make_loader
 from vitviz_core.evaluate.records import ResultRecord
@@ -116,7 +116,7 @@ def test_masking_experiment_n_and_intervals_exclude_bad_files(mixed):
     from vitviz_core.evaluate.masking import masking_experiment
 
     root, good, bad = mixed
-    model = FakeLoaded(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000)))
+    model = loaded(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageReadWarning)
         res = masking_experiment(model, masks=lambda x: x[:, 0] > 0.5, data_name="mixed",

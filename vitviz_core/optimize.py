@@ -126,55 +126,29 @@ def make_normalize(mean: Sequence[float], std: Sequence[float]) -> Normalize:
 
 
 def _is_loaded_model(model: Any) -> bool:
-    return (not isinstance(model, nn.Module) and hasattr(model, "model")
-            and hasattr(model, "normalize") and hasattr(model, "data_config"))
+    from vitviz_core.models import LoadedModel
+
+    return isinstance(model, LoadedModel)
 
 
 def _unpack_model(model: Any, normalize: Normalize | tuple | None,
                   input_size: int | Sequence[int] | None) -> tuple[nn.Module, Normalize, tuple[int, int], dict]:
-    """``(network, normalize, (H, W), description)`` from a LoadedModel or a bare nn.Module."""
-    info: dict[str, Any] = {}
-    if _is_loaded_model(model):
-        net = model.model
-        info = {"model": model.name, "arch": model.arch, "weights": model.weights_source}
-        if normalize is None:
-            normalize = model.normalize
-            dc = model.data_config
-            info["normalize"] = {"mean": list(dc.get("mean", ())), "std": list(dc.get("std", ()))}
-        if input_size is None:
-            input_size = tuple(model.input_size)
-    elif isinstance(model, nn.Module):
-        net = model
-        info = {"model": type(model).__name__}
-        if normalize is None or input_size is None:
-            try:
-                from timm.data import resolve_model_data_config
+    """``(network, normalize, (H, W), description)``: :func:`vitviz_core.models.as_loaded`, plus
+    a callable ``normalize`` that replaces the data config's."""
+    from vitviz_core.models import as_loaded
 
-                dc = resolve_model_data_config(model)
-            except Exception as exc:  # not a timm model: the caller must say
-                raise VitvizError(
-                    f"cannot infer normalisation/input size of {type(model).__name__} ({exc}); "
-                    "pass normalize=(mean, std) and input_size=") from None
-            if normalize is None:
-                normalize = (dc["mean"], dc["std"])
-            if input_size is None:
-                from vitviz_core.hooks import default_input_size
-
-                input_size = default_input_size(model)
-    else:
-        raise VitvizError(f"model must be a torch.nn.Module or a LoadedModel, got {type(model).__name__}")
-    if isinstance(normalize, (tuple, list)) and len(normalize) == 2 and not callable(normalize):
-        info["normalize"] = {"mean": list(map(float, normalize[0])), "std": list(map(float, normalize[1]))}
-        normalize = make_normalize(*normalize)
-    if not callable(normalize):
+    custom = normalize if callable(normalize) else None
+    if normalize is not None and custom is None and not (isinstance(normalize, (tuple, list)) and len(normalize) == 2):
         raise VitvizError("normalize must be a callable or a (mean, std) pair")
-    info.setdefault("normalize", getattr(normalize, "__qualname__", "callable"))
-    if isinstance(input_size, int):
-        input_size = (input_size, input_size)
-    hw = tuple(int(v) for v in input_size)  # type: ignore[union-attr]
-    if len(hw) != 2 or min(hw) <= 0:
-        raise VitvizError(f"input_size must be (H, W) with positive entries, got {input_size}")
-    return net, normalize, (hw[0], hw[1]), info
+    loaded = as_loaded(model, None if custom is not None else normalize,
+                       tuple(input_size) if isinstance(input_size, list) else input_size)
+    info: dict[str, Any] = {"model": loaded.name, "arch": loaded.arch, "weights": loaded.weights_source}
+    if custom is not None:
+        info["normalize"] = getattr(custom, "__qualname__", "callable")
+        return loaded.model, custom, loaded.input_size, info
+    dc = loaded.data_config
+    info["normalize"] = {"mean": list(dc["mean"]), "std": list(dc["std"])}
+    return loaded.model, make_normalize(dc["mean"], dc["std"]), loaded.input_size, info
 
 
 def _model_device(net: nn.Module) -> torch.device:
@@ -200,11 +174,6 @@ def check_features(features: Iterable[int], spec: Any, hook: str) -> list[int]:
     if not out:
         raise VitvizError("no features to optimize")
     return out
-
-
-def _needs_unfused(specs: dict[str, Any]) -> bool:
-    """Attention internals (q/k/v, pattern) need timm's unfused attention path; MLP hooks do not."""
-    return any(s.layout in ("BHLD", "BHLL") or ".attn." in name or name.endswith("attn") for name, s in specs.items())
 
 
 @contextlib.contextmanager
@@ -347,7 +316,6 @@ def optimize_features(
     images, histories = [], []
     snapshots: dict[int, list[Tensor]] = {s: [] for s in snaps}
     augment = EnsembleAugment(rec)
-    unfused = _needs_unfused(specs) and not compile
     run_net = _bf16_model(net) if precision == "bf16" else net
     in_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     passes = rec.n_augment * m  # image passes per feature and step
@@ -356,7 +324,7 @@ def optimize_features(
     try:
         with _eval_mode(run_net):
             # copy=False: the step stops at the (single) hook, so nothing can modify it in place
-            cap = capture(run_net, hook_names, stop_early=True, detach=False, unfused_attention=unfused,
+            cap = capture(run_net, hook_names, stop_early=True, detach=False,
                           copy=len(hook_names) == 1)
             with cap:
                 if batch_features is not None:
@@ -653,8 +621,7 @@ def score_images(model: Any, hook: str, images: Tensor, features: int | Sequence
     dev = _model_device(net)
     obj = channel(hook, None, reduce)
     out = []
-    with _eval_mode(net), capture(net, [hook], stop_early=True, detach=True,
-                                  unfused_attention=_needs_unfused({hook: spec})) as cap:
+    with _eval_mode(net), capture(net, [hook], stop_early=True, detach=True) as cap:
         for i in range(0, nimg, batch_size):
             batch = images[i:i + batch_size].to(dev, torch.float32)
             x = batch if tuple(batch.shape[-2:]) == in_hw else F.interpolate(

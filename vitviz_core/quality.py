@@ -149,14 +149,15 @@ def hook_vectors(model: Any, hook: str, images: Tensor, *, batch_size: int = 32)
     normalised) as (N, T, C) token x channel arrays, float32 on the CPU (patch tokens only for
     token layouts; NCHW maps flattened to (N, H*W, C))."""
     from vitviz_core.hooks import capture, resolve_hook
-    from vitviz_core.optimize import _eval_mode, _model_device, _needs_unfused, _unpack_model
+    from vitviz_core.models import as_loaded
+    from vitviz_core.optimize import _eval_mode, _model_device
 
-    net, norm_fn, in_hw, _ = _unpack_model(model, None, None)
+    loaded = as_loaded(model)
+    net, norm_fn, in_hw = loaded.model, loaded.normalize, loaded.input_size
     spec = resolve_hook(net, hook)
     dev = _model_device(net)
     out = []
-    with _eval_mode(net), capture(net, [hook], stop_early=True, detach=True,
-                                  unfused_attention=_needs_unfused({hook: spec})) as cap:
+    with _eval_mode(net), capture(net, [hook], stop_early=True, detach=True) as cap:
         for i in range(0, images.shape[0], batch_size):
             x = images[i:i + batch_size].to(dev, torch.float32)
             if tuple(x.shape[-2:]) != in_hw:

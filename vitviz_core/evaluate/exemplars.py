@@ -12,10 +12,11 @@ Order is exact and deterministic: entries rank by score (descending), ties by da
 on batch size or on how the data were split: shards searched apart and combined with
 :meth:`TopKState.merge` give the top-k of the whole (shards must hold disjoint indices).
 
-Results are cached in ``config.cache_dir()/exemplars/<key>.pt``, keyed by the model (name,
-architecture, weights source and a hash of every parameter), the data (file list with sizes
-and mtimes, or tensor bytes, plus the transform), the hook names, ``k`` and the statistics,
-so a second call with the same inputs returns at once.
+Results are cached in ``config.cache_dir()/exemplars/<key>.npz`` (:mod:`vitviz_core.cache`:
+JSON + arrays, never pickle), keyed by the model (name, architecture, weights source and a
+hash of every parameter), the data (file list with sizes and mtimes, or tensor bytes, plus
+the transform), the hook names, ``k``, the statistics and the source code of this module and
+of the hooks, so a second call with the same inputs returns at once.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ __all__ = ["FeatureTopK", "ExemplarResult", "TopKState", "update_states", "score
            "exemplar_cache_key", "activation_maps", "rank_keys", "default_num_workers", "STATISTICS"]
 
 STATISTICS = ("mean", "max")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: .npz + JSON (vitviz_core.cache) instead of torch.save
 
 
 def score_maps(maps: Tensor, stat: str) -> Tensor:
@@ -352,10 +353,12 @@ def exemplar_cache_key(model: Any, dataset: Any, hooks: Sequence[str], k: int,
     """Hex key of a search: model + weights hash + data fingerprint + hooks + k + stats.
 
     Raises ValueError when the dataset cannot be fingerprinted."""
-    from vitviz_core.evaluate.common import as_module
+    from vitviz_core.cache import code_version
+    from vitviz_core.models import as_loaded
 
-    spec = {"v": _CACHE_VERSION, "model": model_info(model),
-            "weights": weights_fingerprint(as_module(model)),
+    spec = {"v": _CACHE_VERSION, "code": code_version(("vitviz_core.evaluate.exemplars", "vitviz_core.hooks")),
+            "model": model_info(model),
+            "weights": weights_fingerprint(as_loaded(model).model),
             "data": dataset_fingerprint(dataset), "hooks": list(hooks), "k": int(k),
             "stats": list(stats), "maps": bool(keep_maps)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
@@ -490,7 +493,7 @@ def find_exemplars(
         k: images kept per feature; ``stats``: ``"mean"`` and/or ``"max"`` over patches.
         batch_size: images per forward pass (default 32 on the CPU, 256 on an accelerator).
         keep_maps: also keep the ``(H, W)`` patch activation map of every kept image.
-        cache: read/write ``cache_dir()/exemplars/<key>.pt``.
+        cache: read/write ``cache_dir()/exemplars/<key>.npz``.
         num_workers: DataLoader worker processes decoding images beside the model (default
             :func:`default_num_workers`; 0 decodes in this process).
         amp: bf16 autocast for the forward (default: on for CUDA, off elsewhere; the CPU
@@ -499,9 +502,10 @@ def find_exemplars(
     from tqdm.auto import tqdm
 
     from vitviz_core import config
-    from vitviz_core.evaluate.common import (as_module, make_loader, model_dataset, model_device,
+    from vitviz_core.evaluate.common import (make_loader, model_dataset, model_device,
                                              unpack_batch)
     from vitviz_core.hooks import capture, resolve_hook
+    from vitviz_core.models import as_loaded
 
     hooks = list(dict.fromkeys(hooks))
     stats = list(dict.fromkeys(stats))
@@ -510,24 +514,25 @@ def find_exemplars(
     for s in stats:
         if s not in STATISTICS:
             raise VitvizError(f"unknown statistic {s!r}: use one of {STATISTICS}")
-    module = as_module(model)
+    module = as_loaded(model).model
     specs = {h: resolve_hook(module, h) for h in hooks}
     if dataset is None:
         dataset = model_dataset(model, data_name, data_root, max_images)
     if len(dataset) == 0:
         raise DataError("the dataset is empty: nothing to search")
 
+    from vitviz_core import cache as result_cache
+
     path: Path | None = None
     if cache:
         try:
             key = exemplar_cache_key(model, dataset, hooks, k, stats, keep_maps)
-            path = config.cache_dir() / "exemplars" / f"{key}.pt"
+            path = config.cache_dir() / "exemplars" / f"{key}.npz"
         except ValueError:
             path = None  # dataset cannot be fingerprinted: no caching
         if path is not None and path.is_file():
             try:
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-                return ExemplarResult._from_payload(payload, str(path))
+                return ExemplarResult._from_payload(result_cache.read(path), str(path))
             except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed
                 pass
 
@@ -550,9 +555,8 @@ def find_exemplars(
     offset = 0
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers,
                          pin_memory=dev.type == "cuda")
-    unfused = any(h.endswith("hook_pattern") for h in hooks)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp)
-    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True, unfused_attention=unfused,
+    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True,
                                                    copy=not _no_inplace_writes(module, hooks)) as cap:
         for batch in tqdm(loader, desc="exemplars", disable=not progress, leave=False):
             x, _, ids, _ = unpack_batch(batch, offset)
@@ -589,10 +593,7 @@ def find_exemplars(
                          grids=grids, files=files, labels=labels, record=record.to_dict(),
                          cache_path=str(path) if path is not None else None)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(res._payload(), tmp)
-        os.replace(tmp, path)
+        result_cache.write(path, res._payload())
     return res
 
 
@@ -605,10 +606,10 @@ def activation_maps(model: Any, x: Tensor, hook: str, feature: int,
         size: ``"input"`` upsamples to the input's ``(H, W)``; a tuple to that size; ``None``
             keeps the patch grid.
     """
-    from vitviz_core.evaluate.common import as_module
+    from vitviz_core.models import as_loaded
     from vitviz_core.hooks import capture, to_patch_maps
 
-    module = as_module(model)
+    module = as_loaded(model).model
     with torch.inference_mode(), capture(module, [hook], stop_early=True) as cap:
         cap.forward(x)
         spec = cap.specs[hook]

@@ -125,7 +125,8 @@ def high_pass(x: Tensor, cutoff: float, keep_dc: bool = True, clamp: bool = Fals
 
 @dataclass
 class FrequencyResult:
-    """Accuracy versus cut-off for one model."""
+    """Accuracy versus cut-off for one model: views (estimates) of the per-image
+    ``correctness`` (variants ``natural`` and ``<kind>@<cut-off>``)."""
 
     cutoffs: list[float]
     kinds: list[str]
@@ -134,6 +135,7 @@ class FrequencyResult:
     natural_top1: Estimate | None = None
     natural_top5: Estimate | None = None
     record: ResultRecord | None = None
+    correctness: Any = None   # evaluate.common.Correctness (per image), when computed here
 
     def to_dict(self) -> dict[str, Any]:
         from vitviz_core.evaluate.records import jsonable
@@ -196,7 +198,7 @@ def frequency_sweep(
     corr = evaluate_variants(model, make_loader(dataset, batch_size), variants, device=device,
                              progress=progress, desc="frequency sweep")
     ci = dict(n_boot=n_boot, seed=seed)
-    res = FrequencyResult(cutoffs=cut, kinds=list(kinds),
+    res = FrequencyResult(cutoffs=cut, kinds=list(kinds), correctness=corr,
                           natural_top1=accuracy_with_ci(corr.correct["natural"][1], **ci),
                           natural_top5=accuracy_with_ci(corr.correct["natural"][5], **ci))
     for kind in kinds:

@@ -12,9 +12,10 @@ Foreground regions come from
   thresholded, or reduced to the bounding box of the thresholded map (the closest analogue
   of the paper's boxes on data without boxes).
 
-Fills: ``"black"`` (the paper), ``"mean"`` (ImageNet mean colour), ``"blur"`` (a heavily
-blurred copy of the image), or any constant ``(r, g, b)`` in [0, 1]. Everything happens in
-pixel space [0, 1] before each model's own normalisation.
+Fills come from :mod:`vitviz_core.evaluate.fill`: ``"black"`` (the paper),
+``"dataset_mean"`` (ImageNet mean colour), ``"image_mean"``, ``"gray"``, ``"blur"`` (a
+heavily blurred copy of the image), or any constant ``(r, g, b)`` in [0, 1]. Everything
+happens in pixel space [0, 1] before each model's own normalisation.
 """
 
 from __future__ import annotations
@@ -30,40 +31,18 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vitviz_core.errors import DataError, VitvizError
+from vitviz_core.evaluate.fill import Fill, check_fill, fill_image
 from vitviz_core.evaluate.records import ResultRecord, jsonable
-from vitviz_core.evaluate.stats import Estimate, accuracy_with_ci, ratio_with_ci
+from vitviz_core.evaluate.common import Correctness
+from vitviz_core.evaluate.stats import Estimate
 
-__all__ = ["fill_image", "apply_mask", "mask_bbox", "saliency_to_mask", "ForegroundMasker",
+__all__ = ["fill_image", "apply_mask", "masking_one", "mask_bbox", "saliency_to_mask", "ForegroundMasker",
            "BoxMaskDataset", "MaskingResult", "masking_experiment", "CONDITIONS"]
 
 CONDITIONS = ("full", "foreground", "background")
 
 
-def fill_image(x: Tensor, fill: str | float | Sequence[float] = "black",
-               blur_sigma: float = 10.0) -> Tensor:
-    """The replacement image for masked pixels, same shape as ``x`` ``(B, 3, H, W)``."""
-    if isinstance(fill, str):
-        if fill == "black":
-            return torch.zeros_like(x)
-        if fill == "mean":
-            from timm.data import IMAGENET_DEFAULT_MEAN
-
-            mean = torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=x.dtype, device=x.device)
-            return mean.view(1, -1, 1, 1).expand_as(x).clone()
-        if fill == "blur":
-            from torchvision.transforms.functional import gaussian_blur
-
-            ks = int(2 * np.ceil(3 * blur_sigma) + 1)
-            ks = min(ks, 2 * (min(x.shape[-2:]) // 2) - 1)  # odd and not larger than the image
-            return gaussian_blur(x, [ks, ks], [blur_sigma, blur_sigma])
-        raise VitvizError(f"unknown fill {fill!r}: use 'black', 'mean', 'blur' or an (r, g, b) tuple")
-    val = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(-1)
-    if val.numel() not in (1, x.shape[1]):
-        raise VitvizError(f"fill needs 1 or {x.shape[1]} values, got {val.numel()}")
-    return val.view(1, -1, 1, 1).expand_as(x).clone()
-
-
-def apply_mask(x: Tensor, keep: Tensor, fill: str | float | Sequence[float] = "black",
+def apply_mask(x: Tensor, keep: Tensor, fill: Fill = "black",
                blur_sigma: float = 10.0) -> Tensor:
     """Keep ``x`` where ``keep`` is True, the fill elsewhere.
 
@@ -272,7 +251,7 @@ class BoxMaskDataset(Dataset):
 
 @dataclass
 class MaskingResult:
-    """Table 2 row of one model."""
+    """Table 2 row of one model: views (estimates) of the per-image ``correctness``."""
 
     model: str
     top1: dict[str, Estimate] = field(default_factory=dict)        # condition -> estimate
@@ -281,6 +260,7 @@ class MaskingResult:
     foreground_fraction: float = float("nan")   # mean fraction of pixels marked foreground
     empty_masks: int = 0                         # images with no foreground pixel
     record: ResultRecord | None = None
+    correctness: Correctness | None = None       # per image: condition -> k -> (N,) bool, predictions
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({"model": self.model, "top1": self.top1, "top5": self.top5,
@@ -290,9 +270,19 @@ class MaskingResult:
                          "record": self.record.to_dict() if self.record else None})
 
 
-def _masking_one(model: Any, dataset: Any, masker: Callable[[Tensor], Tensor] | None,
-                 fill: Any, blur_sigma: float, batch_size: int, device: Any,
-                 n_boot: int, seed: int, progress: bool, settings: dict) -> MaskingResult:
+def masking_one(model: Any, dataset: Any, masker: Callable[[Tensor], Tensor] | None = None,
+                fill: Fill = "black", blur_sigma: float = 10.0, batch_size: int = 32, device: Any = None,
+                n_boot: int = 2000, seed: int = 0, progress: bool = True,
+                settings: dict | None = None) -> MaskingResult:
+    """The masking loop: full / foreground-only / background-only per image for one model.
+
+    Args:
+        dataset: pixel-space items ``(x01, label, index)`` (then ``masker`` makes the masks) or
+            ``(x01, label, index, mask (H, W) bool)`` (e.g. :class:`BoxMaskDataset`, with
+            ``masker=None``).
+    Returns:
+        A :class:`MaskingResult` whose estimates are views of its ``correctness``.
+    """
     from vitviz_core.evaluate.common import evaluate_variants, make_loader
 
     stats = {"fg": 0.0, "pix": 0, "empty": 0}
@@ -307,16 +297,15 @@ def _masking_one(model: Any, dataset: Any, masker: Callable[[Tensor], Tensor] | 
                 "background": apply_mask(x, ~keep, fill, blur_sigma)}
 
     name = getattr(model, "name", type(model).__name__)
-    record = ResultRecord.start("masking", model, dataset, settings)
+    record = ResultRecord.start("masking", model, dataset, settings or {})
     corr = evaluate_variants(model, make_loader(dataset, batch_size), variants, device=device, progress=progress,
                              desc=f"masking {name}")
-    ci = dict(n_boot=n_boot, seed=seed)
-    res = MaskingResult(model=name)
+    res = MaskingResult(model=name, correctness=corr)
     for c in CONDITIONS:
-        res.top1[c] = accuracy_with_ci(corr.correct[c][1], **ci)
-        res.top5[c] = accuracy_with_ci(corr.correct[c][5], **ci)
+        res.top1[c] = corr.estimate(c, 1, n_boot=n_boot, seed=seed)
+        res.top5[c] = corr.estimate(c, 5, n_boot=n_boot, seed=seed)
     for c in ("foreground", "background"):
-        res.normalized_top5[c] = ratio_with_ci(corr.correct[c][5], corr.correct["full"][5], **ci)
+        res.normalized_top5[c] = corr.relative(c, "full", 5, n_boot=n_boot, seed=seed)
     res.foreground_fraction = stats["fg"] / max(stats["pix"], 1)
     res.empty_masks = stats["empty"]
     res.record = record.finish()
@@ -329,7 +318,7 @@ def masking_experiment(
     boxes: str | Path | Mapping[str, list] | None = None,
     mode: str = "box",
     threshold: float = 0.5,
-    fill: str | float | Sequence[float] = "black",
+    fill: Fill = "black",
     blur_sigma: float = 10.0,
     data_name: str = "imagenet-val-1300",
     data_root: str | Path | None = None,
@@ -348,7 +337,8 @@ def masking_experiment(
             normalisation).
         masks: ``"foreground"`` (saliency model, ``mode`` "box" or "threshold"), ``"boxes"``
             (needs ``boxes``: CSV, XML folder or dict), or a callable ``x01 -> (B,H,W) bool``.
-        fill: ``"black"`` (paper), ``"mean"``, ``"blur"`` or an (r, g, b) tuple.
+        fill: ``"black"`` (paper), ``"dataset_mean"``, ``"image_mean"``, ``"gray"``, ``"blur"``
+            or an (r, g, b) tuple (see :mod:`vitviz_core.evaluate.fill`).
     Returns:
         ``{model name: MaskingResult}``.
     """
@@ -356,7 +346,7 @@ def masking_experiment(
 
     if not isinstance(models, (list, tuple)):
         models = [models]
-    fill_image(torch.zeros(1, 3, 4, 4), fill, 1.0)  # validate the fill early
+    check_fill(fill)  # validate the fill early
     out: dict[str, MaskingResult] = {}
     masker: Callable[[Tensor], Tensor] | None
     mask_desc: dict[str, Any]
@@ -379,7 +369,7 @@ def masking_experiment(
         settings = {"masks": mask_desc, "fill": fill, "blur_sigma": blur_sigma if fill == "blur" else None,
                     "batch_size": batch_size, "n_boot": n_boot, "seed": seed,
                     "space": "pixel [0,1] before the model's normalisation"}
-        res = _masking_one(model, dataset, masker, fill, blur_sigma, batch_size, device,
-                           n_boot, seed, progress, settings)
+        res = masking_one(model, dataset, masker, fill, blur_sigma, batch_size, device,
+                          n_boot, seed, progress, settings)
         out[res.model] = res
     return out

@@ -9,24 +9,32 @@ was fitted on.
 
 A probe on ``"cls"`` can also be applied to every patch token (``probe.token_head``), which is
 what the per-patch classification experiment needs.
+
+This is the package's one linear probe: :func:`fit_linear_probe` fits a :class:`LinearProbe`
+(standardise -> linear) by full-batch Adam (``method="adam"``, distillation-capable) or as a
+multinomial logistic regression (``method="logistic"``, scikit-learn's L-BFGS, the level-0
+semantic probes of :mod:`vitviz_core.neurons.level0`), and :func:`probe_accuracy` scores it
+into the one :class:`ProbeResult` (per-image correctness first, estimates as views).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+import numpy as np
 from torch import Tensor, nn
 
 from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.records import ResultRecord
 from vitviz_core.evaluate.stats import Estimate, accuracy_with_ci, topk_correct
 
-__all__ = ["pool_tokens", "extract_features", "LinearProbe", "fit_linear_probe",
-           "evaluate_probe", "random_view"]
+__all__ = ["pool_tokens", "extract_features", "LinearProbe", "fit_linear_probe", "ProbeResult",
+           "probe_accuracy", "evaluate_probe", "random_view"]
 
 FEATURES = ("cls", "cls+mean", "mean")
 
@@ -99,19 +107,19 @@ def extract_features(
     """
     from tqdm.auto import tqdm
 
-    from vitviz_core.evaluate.common import (as_module, make_loader, model_device, normalizer,
-                                             pixel_dataset, unpack_batch)
+    from vitviz_core.evaluate.common import make_loader, model_device, pixel_dataset, unpack_batch
+    from vitviz_core.models import LoadedModel, as_loaded
 
-    module = as_module(model)
+    module = as_loaded(model).model
     npre = int(getattr(module, "num_prefix_tokens", 1))
-    pixel = hasattr(model, "pixel_transform")
+    pixel = isinstance(model, LoadedModel)  # a bare module is fed the dataset's tensors as they are
     if not pixel and (views > 1 or teacher is not None):
         raise VitvizError("augmented views and teachers need a LoadedModel (pixel-space data)")
     if dataset is None:
         if not pixel:
             raise VitvizError("pass dataset= when model is a bare nn.Module")
         dataset = pixel_dataset(model, data_name, data_root, max_images)
-    norm = normalizer(model) if pixel else (lambda t: t)
+    norm = as_loaded(model).normalize if pixel else (lambda t: t)
     dev = torch.device(device) if device is not None else model_device(model)
     gen = torch.Generator().manual_seed(seed)
     feats: list[Tensor] = []
@@ -132,7 +140,8 @@ def extract_features(
                     tsize = tuple(teacher.input_size)
                     xt = xv if tuple(xv.shape[-2:]) == tsize else F.interpolate(
                         xv, size=tsize, mode="bilinear", align_corners=False, antialias=True)
-                    tlogits.append(as_module(teacher)(teacher.normalize(xt)).float().cpu())
+                    tlm = as_loaded(teacher)
+                    tlogits.append(tlm.model(tlm.normalize(xt)).float().cpu())
     return (torch.cat(feats), torch.cat(labels),
             torch.cat(tlogits) if teacher is not None else None)
 
@@ -152,7 +161,8 @@ class LinearProbe(nn.Module):
         self.linear = nn.Linear(in_dim, num_classes)
 
     def forward(self, feats: Tensor) -> Tensor:
-        """Features ``(..., D)`` -> logits ``(..., K)``."""
+        """Features ``(..., D)`` -> logits ``(..., K)`` (in the probe's own dtype)."""
+        feats = feats.to(self.mu.dtype)
         return self.linear((feats - self.mu) / self.sigma)
 
     def head_for(self, module: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -182,16 +192,28 @@ def fit_linear_probe(
     label_weight: float = 1.0,
     labels: Tensor | None = None,
     seed: int = 0,
+    method: str = "adam",
+    C: float = 1.0,
+    max_iter: int = 300,
 ) -> LinearProbe:
-    """Fit a linear probe by full-batch Adam on frozen features.
+    """Fit a linear probe on frozen features.
 
     Args:
         feats: ``(N, D)`` features (from :func:`extract_features`).
         targets: ``(N,)`` integer labels, or ``(N, K)`` teacher logits (distillation with
             ``temperature``; ``labels`` + ``label_weight`` add a hard-label term).
+        method: ``"adam"``: full-batch Adam with a cosine schedule (``epochs``, ``lr``,
+            ``weight_decay``); ``"logistic"``: multinomial logistic regression on standardised
+            features (scikit-learn L-BFGS, inverse regularisation ``C``, ``max_iter``; integer
+            labels only), in float64. Classes absent from ``targets`` then get a ``-inf``
+            logit: they are never predicted (see :func:`probe_accuracy`).
     """
     if feats.dim() != 2 or feats.shape[0] == 0:
         raise VitvizError(f"fit_linear_probe needs features (N, D) with N >= 1, got {tuple(feats.shape)}")
+    if method == "logistic":
+        return _fit_logistic(feats, targets, num_classes, features, num_prefix_tokens, C, max_iter, seed)
+    if method != "adam":
+        raise VitvizError(f"unknown probe method {method!r}: use 'adam' or 'logistic'")
     torch.manual_seed(seed)
     feats = feats.float()
     probe = LinearProbe(feats.shape[1], num_classes, features, num_prefix_tokens)
@@ -222,14 +244,92 @@ def fit_linear_probe(
     return probe.eval()
 
 
+def _fit_logistic(feats: Tensor, targets: Tensor, num_classes: int, features: str, num_prefix_tokens: int,
+                  C: float, max_iter: int, seed: int) -> LinearProbe:
+    """scikit-learn's StandardScaler + LogisticRegression, copied into a float64 LinearProbe."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if targets.dim() != 1:
+        raise VitvizError("method='logistic' needs integer labels (N,), not teacher logits")
+    x = feats.detach().cpu().numpy()
+    y = targets.detach().cpu().long().numpy()
+    if (y < 0).any() or (y >= num_classes).any():
+        raise VitvizError("labels must lie in [0, num_classes): unlabelled images cannot fit a probe")
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+    with warnings.catch_warnings():
+        # one image per class (imagenet-sample-1000) is a legitimate few-shot probe
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+        clf.fit(scaler.transform(x), y)
+    coef, bias = np.asarray(clf.coef_, np.float64), np.asarray(clf.intercept_, np.float64)
+    if coef.shape[0] == 1 and len(clf.classes_) == 2:  # binary: logits (0, d) rank like its probabilities
+        coef, bias = np.concatenate([np.zeros_like(coef), coef]), np.concatenate([[0.0], bias])
+    probe = LinearProbe(x.shape[1], num_classes, features, num_prefix_tokens).double()
+    with torch.no_grad():
+        probe.mu.copy_(torch.from_numpy(np.asarray(scaler.mean_, np.float64)))
+        probe.sigma.copy_(torch.from_numpy(np.asarray(scaler.scale_, np.float64)))
+        probe.linear.weight.zero_()
+        probe.linear.bias.fill_(-float("inf"))  # classes never seen in training
+        cls = torch.from_numpy(np.asarray(clf.classes_, np.int64))
+        probe.linear.weight[cls] = torch.from_numpy(coef)
+        probe.linear.bias[cls] = torch.from_numpy(bias)
+    probe.requires_grad_(False)
+    return probe.eval()
+
+
 @dataclass
 class ProbeResult:
+    """A linear probe's held-out accuracy: per-image correctness and predictions, with the
+    top-1 / top-5 estimates (bootstrap 95 % intervals over test images) as views of them."""
+
     top1: Estimate
     top5: Estimate
-    record: ResultRecord
+    record: ResultRecord | None = None
+    feature: str = ""                 # what the probe read (e.g. a hook name)
+    n_train: int = 0
+    n_test: int = 0
+    n_train_classes: int = 0
+    seconds: float = 0.0
+    correct1: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (N_test,) bool
+    correct5: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (N_test,) bool
+    predicted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N_test,) top-1 class
+
+    def row(self) -> dict:
+        return {"feature": self.feature, "top1": self.top1.value, "top1_low": self.top1.low,
+                "top1_high": self.top1.high, "top5": self.top5.value, "n_train": self.n_train,
+                "n_test": self.n_test, "seconds": self.seconds}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"top1": self.top1.to_dict(), "top5": self.top5.to_dict(), "record": self.record.to_dict()}
+        return {"top1": self.top1.to_dict(), "top5": self.top5.to_dict(),
+                "record": self.record.to_dict() if self.record is not None else None,
+                "feature": self.feature, "n_train": self.n_train, "n_test": self.n_test}
+
+
+def probe_accuracy(probe: LinearProbe, feats: Tensor, labels: Tensor, n_boot: int = 2000, seed: int = 0,
+                   **info: Any) -> ProbeResult:
+    """Score a probe on held-out features ``(N, D)`` with labels ``(N,)``.
+
+    A class the probe never saw (``-inf`` logit) is never predicted, and an image of such a
+    class is never right. ``info`` fills the other :class:`ProbeResult` fields (``feature``,
+    ``record``, ``n_train``...).
+    """
+    with torch.inference_mode():
+        logits = probe(feats)  # (N, K)
+    labels = labels.long().to(logits.device)
+    known = torch.isfinite(logits)  # (N, K)
+    hits = topk_correct(logits, labels, (1, 5))
+    k_known = int(known[0].sum()) if len(known) else 0
+    if k_known < 5:  # fewer candidates than 5: only classes the probe knows may count
+        top = logits.topk(min(5, logits.shape[-1]), -1).indices[:, :max(k_known, 1)]  # (N, <=5)
+        hits = {1: top[:, 0] == labels, 5: (top == labels[:, None]).any(1)}
+    c1, c5 = hits[1].cpu().numpy(), hits[5].cpu().numpy()
+    return ProbeResult(top1=accuracy_with_ci(c1, n_boot=n_boot, seed=seed),
+                       top5=accuracy_with_ci(c5, n_boot=n_boot, seed=seed),
+                       n_test=int(len(labels)), correct1=c1, correct5=c5,
+                       predicted=logits.argmax(-1).cpu().numpy(), **info)
 
 
 def evaluate_probe(model: Any, probe: LinearProbe, dataset: Any = None,
@@ -245,9 +345,10 @@ def evaluate_probe(model: Any, probe: LinearProbe, dataset: Any = None,
         dataset = pixel_dataset(model, data_name, data_root, max_images)
     record = ResultRecord.start("linear_probe_eval", model, dataset, {
         "features": probe.features, "n_boot": n_boot, "seed": seed})
+    t0 = time.perf_counter()
     feats, labels, _ = extract_features(model, dataset, probe.features, 1, None, data_name,
                                         data_root, max_images, batch_size, device, seed, progress)
-    with torch.inference_mode():
-        hits = topk_correct(probe(feats), labels, (1, 5))
-    return ProbeResult(accuracy_with_ci(hits[1], n_boot=n_boot, seed=seed),
-                       accuracy_with_ci(hits[5], n_boot=n_boot, seed=seed), record.finish())
+    res = probe_accuracy(probe, feats, labels, n_boot=n_boot, seed=seed, feature=probe.features,
+                         seconds=time.perf_counter() - t0)
+    res.record = record.finish()
+    return res

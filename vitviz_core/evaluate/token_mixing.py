@@ -1,14 +1,15 @@
 """Last-layer token mixing (paper Sec. 4, Table 1, Fig. 7) for timm ``VisionTransformer``.
 
-Three probes of where a ViT's classification information lives, all run block by block
-(``patch_embed -> _pos_embed -> patch_drop -> norm_pre -> blocks -> norm -> forward_head``)
-without patching timm:
+Three probes of where a ViT's classification information lives, all run as interventions
+on the model's own forward pass (:class:`~vitviz_core.hooks.capture` with ``edit=``: the
+attention mask ``blocks.{i}.attn.hook_mask`` cuts attention edges, ``blocks.{i}.hook_resid_pre``
+branches variants off a shared prefix), so nothing here re-implements timm's forward:
 
-- **Isolating CLS** (join layer ``L``): in blocks ``[0, L)`` the CLS token runs alone
-  (attending only to itself) and the other tokens run alone without it; from block ``L``
-  on they run together. ``L = 0`` is the normal forward pass (bit-for-bit),
-  ``L = depth`` means CLS never sees a patch. The paper's "CLS joins only at layer 11" of
-  a 12-block ViT is ``L = 11``.
+- **Isolating CLS** (join layer ``L``): in blocks ``[0, L)`` the CLS token attends only to
+  itself and the other tokens only to each other (the mask cuts CLS <-> patch attention,
+  which equals running the two streams alone); from block ``L`` on they mix. ``L = 0`` is
+  the normal forward pass, ``L = depth`` means CLS never sees a patch. The paper's "CLS
+  joins only at layer 11" of a 12-block ViT is ``L = 11``.
 - **Classifier head on every patch token** after the final norm: per-patch logits, a
   per-position accuracy map (Fig. 7), its mean, the best position, and the head applied to
   the average patch token (what the paper's released code reports as "average"; for a linear
@@ -16,9 +17,10 @@ without patching timm:
 - **Dropping patches** (extension) after block ``L``: blocks ``[0, L)`` run normally, then
   only CLS continues through blocks ``[L, depth)``; ``L = depth`` is the normal pass.
 
-One dataset pass computes all three. The patch stream of "isolating CLS" does not depend on
-``L``, so a full sweep costs about ``1 + (depth + 1) / 2`` normal forward passes, not
-``depth + 1``.
+One forward pass computes all three: the isolated ("masked") rows share their prefix, and at
+each join layer ``L`` a copy of them branches off and runs unmasked from there, so a full
+sweep costs about ``1 + (depth + 1) / 2`` normal passes, not ``depth + 1``. A dropped-patch
+variant rides along as one extra token that attends only to itself.
 
 Headless backbones (DINOv2) need a head first: pass ``head=`` / ``token_head=`` (e.g. a
 :class:`~vitviz_core.evaluate.probe.LinearProbe` fitted with ``features="cls"``).
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,17 +41,24 @@ from vitviz_core.errors import HookError, VitvizError
 from vitviz_core.evaluate.records import ResultRecord, jsonable
 from vitviz_core.evaluate.stats import Estimate, accuracy_with_ci, bootstrap_ci
 
-__all__ = ["check_vit", "embed_tokens", "default_head", "default_token_head",
-           "isolated_cls_logits", "drop_patches_logits", "patch_head_logits",
+__all__ = ["check_vit", "default_head", "default_token_head", "cls_isolation_mask",
+           "prefix_masked_logits", "isolated_cls_logits", "drop_patches_logits", "patch_head_logits",
            "token_mixing_batch", "TokenMixingResult", "token_mixing_experiment"]
 
 TokenHead = Callable[[Tensor], Tensor]
+#: ``n_tokens -> (L, L)`` boolean attention mask (True = may attend)
+MaskFn = Callable[[int], Tensor]
+#: rows of one forward pass (images x variants) before the batch is split in micro-batches
+MAX_ROWS = 256
 
 
 def check_vit(model: Any) -> nn.Module:
-    """The timm VisionTransformer inside ``model``; a clear error for anything else."""
-    module = getattr(model, "model", model)
-    needed = ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head")
+    """The timm VisionTransformer of ``model`` (LoadedModel or module); a clear error for
+    anything else."""
+    from vitviz_core.models import as_loaded
+
+    module = as_loaded(model).model
+    needed = ("blocks", "norm", "forward_head")
     missing = [a for a in needed if not hasattr(module, a)]
     if missing:
         raise VitvizError(f"token mixing needs a timm VisionTransformer (with {', '.join(needed)}); "
@@ -58,14 +67,6 @@ def check_vit(model: Any) -> nn.Module:
         raise VitvizError(f"{type(module).__name__} has no CLS token: token-mixing experiments "
                           "need a class-token ViT")
     return module
-
-
-def embed_tokens(module: nn.Module, x: Tensor) -> Tensor:
-    """Tokens entering block 0: ``(B, 3, H, W)`` model input -> ``(B, L, C)``, CLS at index 0."""
-    t = module.patch_embed(x)
-    t = module._pos_embed(t)
-    t = module.patch_drop(t)
-    return module.norm_pre(t)  # (B, L, C)
 
 
 def default_head(module: nn.Module) -> TokenHead:
@@ -86,6 +87,14 @@ def default_token_head(module: nn.Module) -> TokenHead:
     return token_head
 
 
+def cls_isolation_mask(n_tokens: int) -> Tensor:
+    """``(L, L)`` boolean mask: CLS (token 0) and the other tokens cannot see each other."""
+    mask = torch.zeros(n_tokens, n_tokens, dtype=torch.bool)
+    mask[0, 0] = True
+    mask[1:, 1:] = True
+    return mask
+
+
 def _check_layers(layers: Sequence[int] | None, depth: int, what: str) -> list[int]:
     if layers is None:
         return list(range(depth + 1))
@@ -94,6 +103,166 @@ def _check_layers(layers: Sequence[int] | None, depth: int, what: str) -> list[i
     if bad:
         raise HookError(f"{what} {bad} out of range: this model has {depth} blocks, use 0..{depth}")
     return out
+
+
+class _Branches:
+    """Bookkeeping of one branching forward pass: which chunk of ``B`` rows is which variant,
+    which extra (dropped-patch) tokens exist, and the edits that make it so."""
+
+    def __init__(self, groups: Mapping[str, tuple[MaskFn, list[int]]], drops: list[int], depth: int,
+                 batch: int) -> None:
+        self.groups = {g: (fn, ls) for g, (fn, ls) in groups.items() if any(v > 0 for v in ls)}
+        self.drops = [v for v in drops if v < depth]
+        self.depth = depth
+        self.batch = batch
+        self.chunks: list[tuple[str, str | None, int | None]] = [("natural", None, None)]
+        self.chunks += [("trunk", g, None) for g in self.groups]
+        self.extra: list[int] = []     # drop layer of each extra token, in token order
+        self.n_tokens = 0              # tokens of the unmodified sequence
+        self._masks: dict[Any, Tensor | None] = {}
+
+    def edits(self) -> dict[str, Callable]:
+        out: dict[str, Callable] = {}
+        branch_at = sorted({v for _, ls in self.groups.values() for v in ls if 0 < v < self.depth}
+                           | set(self.drops) | ({0} if self.groups else set()))
+        for layer in branch_at:
+            out[f"blocks.{layer}.hook_resid_pre"] = self._make_branch(layer)
+        if self.groups or self.drops:
+            for i in range(self.depth):
+                out[f"blocks.{i}.attn.hook_mask"] = self._mask
+        return out
+
+    def _make_branch(self, layer: int) -> Callable:
+        def branch(x: Tensor, spec: Any) -> Tensor:  # x: (rows, L, C)
+            if not self.n_tokens:
+                self.n_tokens = x.shape[1]
+            if layer == 0 and self.groups:  # the masked trunks start as copies of the input
+                x = torch.cat([x] * len(self.chunks))  # (chunks * B, L, C)
+            if layer in self.drops:  # CLS continues alone from here, as one extra token
+                x = torch.cat([x, x[:, :1]], dim=1)  # (rows, L + 1, C)
+                self.extra.append(layer)
+            copies = []
+            for i, (kind, g, _) in enumerate(list(self.chunks)):
+                if kind != "trunk" or layer not in self.groups[g][1]:
+                    continue
+                if layer == max(self.groups[g][1]):  # the last join: the trunk itself joins
+                    self.chunks[i] = ("joined", g, layer)
+                else:
+                    copies.append(x[i * self.batch:(i + 1) * self.batch])
+                    self.chunks.append(("joined", g, layer))
+            return torch.cat([x, *copies]) if copies else x  # (rows', L', C)
+        return branch
+
+    def _mask(self, mask: Tensor, spec: Any) -> Tensor:  # mask: (rows, 1, L', L') all True
+        n = self.n_tokens or mask.shape[-1]
+        key = (tuple(self.chunks), len(self.extra), n)
+        if key not in self._masks:
+            self._masks[key] = self._build(n, mask.device)
+        built = self._masks[key]
+        return mask if built is None else built
+
+    def _build(self, n: int, device: torch.device) -> Tensor | None:
+        trunks = [g for kind, g, _ in self.chunks if kind == "trunk"]
+        if not trunks and not self.extra:
+            return None
+        total = n + len(self.extra)
+        base = torch.ones(total, total, dtype=torch.bool, device=device)
+        if self.extra:  # extra tokens see only themselves; nothing sees them
+            base[:, n:] = False
+            base[n:, :] = False
+            idx = torch.arange(n, total, device=device)
+            base[idx, idx] = True
+        per_chunk = []
+        for kind, g, _ in self.chunks:
+            m = base
+            if kind == "trunk":
+                m = base.clone()
+                m[:n, :n] &= self.groups[g][0](n).to(device)
+            per_chunk.append(m)
+        stacked = torch.stack(per_chunk)  # (chunks, L', L')
+        return stacked.repeat_interleave(self.batch, dim=0)[:, None]  # (rows, 1, L', L')
+
+
+def prefix_masked_logits(
+    model: Any,
+    x: Tensor,
+    groups: Mapping[str, tuple[MaskFn, Sequence[int]]],
+    drop_layers: Sequence[int] = (),
+    head: TokenHead | None = None,
+    patch_head: bool = False,
+    token_head: TokenHead | None = None,
+    max_rows: int = MAX_ROWS,
+) -> dict[str, Any]:
+    """Logits of attention-masked variants, all in one branching forward pass.
+
+    Args:
+        x: ``(B, 3, H, W)`` normalised model input.
+        groups: ``{name: (mask_fn, layers)}``: variant ``(name, L)`` applies ``mask_fn(L_tokens)``
+            (``(L, L)`` boolean, True = may attend) in blocks ``[0, L)`` and runs unmasked from
+            block ``L`` on (``L = 0`` is the normal pass).
+        drop_layers: ``L`` at which every token but CLS is dropped (``L = depth``: the normal pass).
+        head: ``tokens (B, L, C) after the blocks -> logits (B, K)`` (default: norm + forward_head).
+        patch_head: also return per-patch logits of the normal pass.
+        token_head: ``final-normed tokens (B, N, C) -> (B, N, K)`` (default: fc_norm + head).
+        max_rows: images x variants per forward pass (the batch is split to stay below).
+    Returns:
+        ``{"natural": (B, K), "groups": {name: {L: (B, K)}}, "drop": {L: (B, K)},
+        "patch": (B, N, K) | None, "patch_pooled": (B, K) | None}``.
+    """
+    from vitviz_core.hooks import capture
+
+    module = check_vit(model)
+    depth = len(module.blocks)
+    layers = {g: _check_layers(ls, depth, f"{g} layer") for g, (_, ls) in groups.items()}
+    masks = {g: fn for g, (fn, _) in groups.items()}
+    drops = _check_layers(drop_layers, depth, "drop layer")
+    head = head or default_head(module)
+    n_chunks = 1 + sum(1 for ls in layers.values() for v in ls if v > 0)
+    step = max(1, max_rows // n_chunks)
+    if x.shape[0] > step:
+        parts = [prefix_masked_logits(module, x[i:i + step], groups, drop_layers, head, patch_head,
+                                      token_head, max_rows) for i in range(0, x.shape[0], step)]
+        return _cat_outputs(parts)
+    b = x.shape[0]
+    br = _Branches({g: (masks[g], layers[g]) for g in groups}, drops, depth, b)
+    last = f"blocks.{depth - 1}"
+    with capture(module, [last], stop_early=True, edit=br.edits()) as cap:
+        cap.forward(x)
+    tokens = cap.activations[last]  # (rows, L + extras, C)
+    n = br.n_tokens or tokens.shape[1]
+    chunk = {(g, layer): tokens[i * b:(i + 1) * b, :n] for i, (_, g, layer) in enumerate(br.chunks)}
+    natural = tokens[:b, :n]  # (B, L, C)
+    out: dict[str, Any] = {"natural": head(natural), "groups": {}, "drop": {}, "patch": None,
+                           "patch_pooled": None}
+    for g, ls in layers.items():
+        res = out["groups"][g] = {}
+        for layer in ls:
+            if layer == 0:
+                res[0] = out["natural"]
+            else:  # a trunk that never reached its last join ran masked to the end (L = depth)
+                t = chunk.get((g, layer), chunk.get((g, None)))
+                res[layer] = head(t)
+    for layer in drops:
+        if layer == depth:
+            out["drop"][layer] = head(natural[:, :1])
+        else:
+            pos = n + br.extra.index(layer)
+            out["drop"][layer] = head(tokens[:b, pos:pos + 1])  # CLS alone from block `layer`
+    if patch_head:
+        token_head = token_head or default_token_head(module)
+        npre = int(getattr(module, "num_prefix_tokens", 1))
+        patches = module.norm(natural)[:, npre:]  # (B, N, C)
+        out["patch"] = token_head(patches)  # (B, N, K)
+        out["patch_pooled"] = token_head(patches.mean(dim=1, keepdim=True))[:, 0]  # (B, K)
+    return out
+
+
+def _cat_outputs(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    def cat(vals: list[Any]) -> Any:
+        if isinstance(vals[0], dict):
+            return {k: cat([v[k] for v in vals]) for k in vals[0]}
+        return None if vals[0] is None else torch.cat(vals)
+    return {k: cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def token_mixing_batch(
@@ -105,7 +274,7 @@ def token_mixing_batch(
     head: TokenHead | None = None,
     token_head: TokenHead | None = None,
 ) -> dict[str, Any]:
-    """All token-mixing logits of one batch.
+    """All token-mixing logits of one batch (one branching forward pass).
 
     Args:
         x: ``(B, 3, H, W)`` normalised model input.
@@ -118,44 +287,12 @@ def token_mixing_batch(
         ``{"natural": (B, K), "isolate": {L: (B, K)}, "drop": {L: (B, K)},
         "patch": (B, N, K) | None, "patch_pooled": (B, K) | None}``.
     """
-    module = check_vit(model)
-    depth = len(module.blocks)
+    depth = len(check_vit(model).blocks)
     joins = _check_layers(join_layers, depth, "join layer")
     drops = _check_layers(drop_layers, depth, "drop layer")
-    head = head or default_head(module)
-    blocks = list(module.blocks)
-    npre = int(getattr(module, "num_prefix_tokens", 1))
-    out: dict[str, Any] = {"isolate": {}, "drop": {}, "patch": None, "patch_pooled": None}
-
-    t = embed_tokens(module, x)      # (B, L, C)
-    cls, rest = t[:, :1], t[:, 1:]   # (B, 1, C), (B, L-1, C): the two isolated streams
-    z = t                            # the normal stream
-    iso_max = max((v for v in joins if v > 0), default=0)
-    for layer in range(depth + 1):
-        if layer in drops:
-            c = z[:, :1]                          # (B, 1, C): only CLS continues
-            for blk in blocks[layer:]:
-                c = blk(c)
-            out["drop"][layer] = head(c)
-        if layer in joins and layer > 0:
-            j = torch.cat([cls, rest], dim=1)     # (B, L, C): CLS joins at block `layer`
-            for blk in blocks[layer:]:
-                j = blk(j)
-            out["isolate"][layer] = head(j)
-        if layer < depth:
-            z = blocks[layer](z)
-            if layer < iso_max:
-                cls = blocks[layer](cls)
-                rest = blocks[layer](rest)
-    out["natural"] = head(z)
-    if 0 in joins:
-        out["isolate"][0] = out["natural"]        # joined from block 0 = the normal pass
-    final = z
-    if patch_head:
-        token_head = token_head or default_token_head(module)
-        patches = module.norm(final)[:, npre:]  # (B, N, C)
-        out["patch"] = token_head(patches)  # (B, N, K)
-        out["patch_pooled"] = token_head(patches.mean(dim=1, keepdim=True))[:, 0]  # (B, K)
+    out = prefix_masked_logits(model, x, {"isolate": (cls_isolation_mask, joins)}, drops, head,
+                               patch_head, token_head)
+    out["isolate"] = out.pop("groups")["isolate"]
     return out
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vitviz_core.errors import HookError, VitvizError
+from vitviz_core.models import as_loaded
 
 __all__ = [
     "layer_hook_names",
@@ -53,7 +54,7 @@ __all__ = [
 
 def layer_hook_names(model: Any, include_embed: bool = True) -> list[str]:
     """``["hook_embed", "blocks.0.hook_resid_post", ...]``: level 0 then every block's output."""
-    module = getattr(model, "model", model)
+    module = as_loaded(model).model
     n = len(getattr(module, "blocks", []))
     if n == 0:
         raise HookError(f"{type(module).__name__} has no `blocks`: patch-token clustering needs a timm ViT")
@@ -67,7 +68,7 @@ def capture_patch_tokens(model: Any, x: Tensor, hook_names: Sequence[str]) -> di
     """
     from vitviz_core import hooks
 
-    module = getattr(model, "model", model)
+    module = as_loaded(model).model
     out: dict[str, Tensor] = {}
     with torch.inference_mode(), hooks.capture(module, list(hook_names)) as cap:
         cap.forward(x)

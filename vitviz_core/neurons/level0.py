@@ -11,7 +11,8 @@ Views are taken before any ``patch_embed.norm`` and before position embeddings a
 Besides views, this module characterizes filters (colour vs. luminance energy, spatial
 frequency, orientation coherence -> "colour" / "flat" / "edge" / "texture"), measures which
 neurons respond to colour, edges or texture on real patches, and fits linear probes on
-mean-pooled patch tokens to test whether level-0 embeddings already carry semantics.
+mean-pooled patch tokens to test whether level-0 embeddings already carry semantics (the
+package's one probe, :mod:`vitviz_core.evaluate.probe`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitviz_core.errors import HookError, VitvizError
+from vitviz_core.evaluate.probe import ProbeResult as _ProbeResult
+from vitviz_core.models import as_loaded
 
 __all__ = [
     "patch_embedding",
@@ -50,13 +53,6 @@ __all__ = [
 # The patch-embedding convolution
 # --------------------------------------------------------------------------------------
 
-def _module(model: Any) -> nn.Module:
-    module = getattr(model, "model", model)
-    if not isinstance(module, nn.Module):
-        raise VitvizError(f"expected a LoadedModel or a torch nn.Module, got {type(model).__name__}")
-    return module
-
-
 def patch_embedding(model: Any) -> tuple[Tensor, Tensor | None, int]:
     """``(weight (C, 3, p, p), bias (C,) or None, patch size p)`` of a timm ViT.
 
@@ -64,7 +60,7 @@ def patch_embedding(model: Any) -> tuple[Tensor, Tensor | None, int]:
         model: a LoadedModel or a timm VisionTransformer-like module with
             ``patch_embed.proj`` (a Conv2d whose stride equals its kernel size).
     """
-    module = _module(model)
+    module = as_loaded(model).model
     proj = getattr(getattr(module, "patch_embed", None), "proj", None)
     if not isinstance(proj, nn.Conv2d):
         raise HookError(
@@ -347,7 +343,7 @@ def pooled_token_features(
 
     from vitviz_core import hooks
 
-    module = _module(model)
+    module = as_loaded(model).model
     dev = torch.device(device) if device is not None else next(module.parameters()).device
     feats: dict[str, list[np.ndarray]] = {n: [] for n in hook_names}
     labels: list[np.ndarray] = []
@@ -365,23 +361,8 @@ def pooled_token_features(
     return {n: np.concatenate(v) for n, v in feats.items()}, np.concatenate(labels)
 
 
-@dataclass
-class ProbeResult:
-    """A linear probe's held-out accuracy (Estimates from vitviz_core.evaluate.stats)."""
-
-    feature: str
-    top1: Any            # Estimate
-    top5: Any            # Estimate
-    n_train: int
-    n_test: int
-    n_train_classes: int
-    seconds: float
-    correct1: np.ndarray  # (N_test,) bool, for paired comparisons between features
-
-    def row(self) -> dict:
-        return {"feature": self.feature, "top1": self.top1.value, "top1_low": self.top1.low,
-                "top1_high": self.top1.high, "top5": self.top5.value, "n_train": self.n_train,
-                "n_test": self.n_test, "seconds": self.seconds}
+#: The one probe result type (:class:`vitviz_core.evaluate.probe.ProbeResult`), under its old name here.
+ProbeResult = _ProbeResult
 
 
 def linear_probe(
@@ -390,39 +371,28 @@ def linear_probe(
 ) -> ProbeResult:
     """Fit a multinomial logistic regression on standardized features; score held-out images.
 
+    The package's one linear probe (:func:`vitviz_core.evaluate.probe.fit_linear_probe` with
+    ``method="logistic"``, scored by :func:`~vitviz_core.evaluate.probe.probe_accuracy`).
     The scaler and the classifier see only ``train_x``; accuracy is measured on ``test_x``
     only (top-1/top-5 with a percentile-bootstrap 95 % interval over test images). Test
     classes absent from the training set count as errors.
     """
     import time
-    import warnings
 
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    from vitviz_core.evaluate.stats import accuracy_with_ci
+    from vitviz_core.evaluate.probe import fit_linear_probe, probe_accuracy
 
     if len(train_x) == 0 or len(test_x) == 0:
         raise VitvizError("linear_probe needs non-empty training and test sets")
     t0 = time.perf_counter()
-    scaler = StandardScaler().fit(train_x)
-    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
-    with warnings.catch_warnings():
-        # one image per class (imagenet-sample-1000) is a legitimate few-shot probe
-        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-        clf.fit(scaler.transform(train_x), train_y)
-    proba = clf.predict_proba(scaler.transform(test_x))  # (N, K_train)
-    classes = clf.classes_
-    k = min(5, proba.shape[1])
-    top = classes[np.argsort(-proba, axis=1)[:, :k]]  # (N, k)
-    c1 = top[:, 0] == test_y
-    c5 = (top == test_y[:, None]).any(1)
-    return ProbeResult(
-        feature=feature,
-        top1=accuracy_with_ci(c1, n_boot=n_boot, seed=seed),
-        top5=accuracy_with_ci(c5, n_boot=n_boot, seed=seed),
-        n_train=int(len(train_x)), n_test=int(len(test_x)), n_train_classes=int(len(classes)),
-        seconds=time.perf_counter() - t0, correct1=c1)
+    tr_y = torch.as_tensor(np.asarray(train_y)).long()
+    te_y = torch.as_tensor(np.asarray(test_y)).long()
+    num_classes = int(max(tr_y.max(), te_y.max())) + 1
+    probe = fit_linear_probe(torch.as_tensor(np.asarray(train_x)), tr_y, num_classes=num_classes,
+                             method="logistic", C=C, max_iter=max_iter, seed=seed)
+    return probe_accuracy(probe, torch.as_tensor(np.asarray(test_x)), te_y, n_boot=n_boot, seed=seed,
+                          feature=feature, n_train=int(len(train_x)),
+                          n_train_classes=int(torch.unique(tr_y).numel()),
+                          seconds=time.perf_counter() - t0)
 
 
 def probe_hooks(

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from vitviz_core.errors import HookError, VitvizError
+from vitviz_core.models import as_loaded
 
 __all__ = [
     "capture_attention",
@@ -47,7 +48,7 @@ def capture_attention(model: Any, x: Tensor, layers: Sequence[int] | None = None
     """
     from vitviz_core import hooks
 
-    module = getattr(model, "model", model)
+    module = as_loaded(model).model
     n_blocks = len(getattr(module, "blocks", []))
     if n_blocks == 0:
         raise HookError(f"{type(module).__name__} has no `blocks`: attention capture needs a timm ViT")

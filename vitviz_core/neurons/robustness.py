@@ -8,24 +8,25 @@ exactly the same shuffled or occluded image, whatever the batch size.
   (``g = 1`` is the identity; ``g = 14`` at 224 px permutes exactly the ViT-B/16 patches).
 - :func:`occlusion_mask` + :func:`occlude`: hide a ratio of the cells of a patch grid,
   chosen at random or by saliency (most / least salient first), filled with black, the
-  image's mean colour, gray, or any colour.
+  image's mean colour (``"image_mean"``), gray, or any fill of :mod:`vitviz_core.evaluate.fill`.
 - :func:`robustness_sweep`: run every variant through several models in one pass over the
-  data and keep per-image correctness; :func:`summarize_sweep` turns it into top-1/top-5
+  data and keep per-image correctness (the variant-evaluation core,
+  :func:`vitviz_core.evaluate.common.evaluate_variants_many`); :func:`summarize_sweep` turns it into top-1/top-5
   curves with bootstrap 95 % intervals.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vitviz_core.errors import VitvizError
+from vitviz_core.evaluate.common import SweepResult, evaluate_variants_many
+from vitviz_core.evaluate.fill import FILLS, Fill, fill_image, fill_name
+from vitviz_core.models import as_loaded
 
 __all__ = [
     "image_generator",
@@ -39,7 +40,8 @@ __all__ = [
     "summarize_sweep",
 ]
 
-FILL_VALUES = ("black", "mean", "gray")
+#: Named occlusion fills (see :mod:`vitviz_core.evaluate.fill`; a number or RGB triple also works).
+FILL_VALUES = FILLS
 
 
 def image_generator(seed: int, index: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -134,45 +136,21 @@ def occlusion_mask(
     return mask.view(batch_size, gh, gw)
 
 
-def fill_name(fill: str | float | Sequence[float]) -> str:
-    """A short name for a fill, safe inside variant names: ``black``, ``0.5``, ``0.1_0.2_0.3``."""
-    if isinstance(fill, str):
-        return fill
-    if isinstance(fill, (int, float)):
-        return f"{float(fill):g}"
-    return "_".join(f"{float(v):g}" for v in fill)
-
-
-def _fill_tensor(x: Tensor, fill: str | float | Sequence[float]) -> Tensor:
-    b, c = x.shape[:2]
-    if isinstance(fill, str):
-        if fill == "black":
-            return torch.zeros(b, c, 1, 1, device=x.device, dtype=x.dtype)
-        if fill == "mean":
-            return x.mean((2, 3), keepdim=True)  # (B, C, 1, 1) the image's own mean colour
-        if fill == "gray":
-            return torch.full((b, c, 1, 1), 0.5, device=x.device, dtype=x.dtype)
-        raise VitvizError(f"unknown fill {fill!r}: use {FILL_VALUES}, a number or an RGB triple")
-    v = torch.as_tensor(fill, device=x.device, dtype=x.dtype).reshape(1, -1, 1, 1)
-    if v.shape[1] not in (1, c):
-        raise VitvizError(f"fill has {v.shape[1]} values, the image has {c} channels")
-    return v.expand(b, c, 1, 1)
-
-
-def occlude(x: Tensor, mask: Tensor, fill: str | float | Sequence[float] = "black") -> Tensor:
+def occlude(x: Tensor, mask: Tensor, fill: Fill = "black") -> Tensor:
     """Fill the masked grid cells of pixel images.
 
     Args:
         x: ``(B, C, H, W)`` in [0, 1].
         mask: ``(B, gh, gw)`` bool (True = hide); cells are mapped to pixels by nearest
             neighbour, so the grid need not divide the image exactly.
-        fill: ``"black"``, ``"mean"`` (each image's mean colour), ``"gray"``, a number or RGB.
+        fill: ``"black"``, ``"image_mean"`` (each image's mean colour), ``"dataset_mean"``,
+            ``"gray"``, ``"blur"``, a number or RGB (:mod:`vitviz_core.evaluate.fill`).
     """
     b, c, h, w = x.shape
     if mask.dim() != 3 or mask.shape[0] != b:
         raise VitvizError(f"mask must be (B, gh, gw) with B={b}, got {tuple(mask.shape)}")
     m = F.interpolate(mask[:, None].float().to(x.device), size=(h, w), mode="nearest") > 0.5  # (B, 1, H, W)
-    return torch.where(m, _fill_tensor(x, fill), x)
+    return torch.where(m, fill_image(x, fill), x)
 
 
 def foreground_saliency(foreground_model: Callable[[Tensor], Tensor], x01: Tensor,
@@ -197,7 +175,7 @@ def cls_attention_saliency(model: Any, x: Tensor, layer: int = -1, use_rollout: 
     """
     from vitviz_core.neurons.propagation import capture_attention, rollout
 
-    module = getattr(model, "model", model)
+    module = as_loaded(model).model
     npf = int(getattr(module, "num_prefix_tokens", 1))
     if npf < 1:
         raise VitvizError("CLS-attention saliency needs a ViT with a CLS token (num_prefix_tokens >= 1)")
@@ -219,43 +197,6 @@ def cls_attention_saliency(model: Any, x: Tensor, layer: int = -1, use_rollout: 
 # --------------------------------------------------------------------------------------
 # Sweeps
 # --------------------------------------------------------------------------------------
-
-def _module_and_norm(model: Any) -> tuple[torch.nn.Module, Callable[[Tensor], Tensor]]:
-    """A LoadedModel's module and its pixel -> input normalisation (identity for a module)."""
-    if isinstance(model, torch.nn.Module):
-        return model, (lambda x: x)
-    module = getattr(model, "model", None)
-    if not isinstance(module, torch.nn.Module):
-        raise VitvizError(f"expected a LoadedModel or an nn.Module, got {type(model).__name__}")
-    norm = getattr(model, "normalize", None)
-    return module, (norm if callable(norm) else (lambda x: x))
-
-
-def _unpack(batch: Any, offset: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x, labels, indices)`` from ``(x, y, idx, ...)``, ``(x, y)`` or ``x``."""
-    if isinstance(batch, Tensor):
-        batch = (batch,)
-    x = batch[0]
-    y = torch.as_tensor(batch[1]).long() if len(batch) > 1 else torch.full((x.shape[0],), -1)
-    idx = torch.as_tensor(batch[2]).long() if len(batch) > 2 else torch.arange(offset, offset + x.shape[0])
-    return x, y, idx
-
-
-@dataclass
-class SweepResult:
-    """Per-image correctness of every variant under every model."""
-
-    labels: np.ndarray                                            # (N,)
-    indices: np.ndarray                                           # (N,)
-    correct: dict[str, dict[str, dict[int, np.ndarray]]] = field(default_factory=dict)  # model -> variant -> k -> (N,)
-    seconds: dict[str, float] = field(default_factory=dict)       # model / "variants" -> forward seconds
-    variants: list[str] = field(default_factory=list)
-    skipped: dict[int, str] = field(default_factory=dict)         # unreadable samples left out: index -> file
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.skipped)
-
 
 def robustness_sweep(
     models: Mapping[str, Any],
@@ -288,68 +229,37 @@ def robustness_sweep(
         A :class:`SweepResult`; variants are named ``clean``, ``shuffle-g{g}``,
         ``occlude-{mode}-{ratio}-{fill}``.
     """
-    from tqdm.auto import tqdm
-
-    from vitviz_core.evaluate.stats import topk_correct
-
     if occlusions is None:
         occlusions = [(m, float(r), f) for m in occlusion_modes for r in occlusion_ratios for f in fills]
     occlusions = list(occlusions)
     needs_saliency = any(m in ("most", "least") for m, _, _ in occlusions)
     if needs_saliency and saliency_fn is None:
         raise VitvizError("occlusion modes 'most'/'least' need saliency_fn (e.g. foreground_saliency)")
-    dev = torch.device(device)
-    mods = {n: _module_and_norm(m) for n, m in models.items()}
-    hits: dict[str, dict[str, dict[int, list[Tensor]]]] = {n: {} for n in models}
-    seconds = {n: 0.0 for n in models}
-    seconds["variants"] = 0.0
-    labels: list[Tensor] = []
-    indices: list[Tensor] = []
-    names: list[str] = []
-    offset = 0
-    total = len(loader) if hasattr(loader, "__len__") else None
-    with torch.inference_mode():
-        for batch in tqdm(loader, total=total, desc="robustness", disable=not progress, leave=False):
-            x, y, idx = _unpack(batch, offset)
-            offset += x.shape[0]
-            x = x.to(dev)  # (B, 3, H, W)
-            t0 = time.perf_counter()
-            variants: dict[str, Tensor] = {"clean": x}
-            for g in shuffle_grids:
-                if g == 1:
-                    continue  # identity (tested): reuse the clean forward
-                variants[f"shuffle-g{g}"] = shuffle_patches(x, g, seed=seed, indices=idx)
-            sal = saliency_fn(x, idx) if needs_saliency else None  # (B, gh, gw)
-            masks: dict[tuple[str, float], Tensor] = {}
-            for mode, r, f in occlusions:
-                if (mode, r) not in masks:
-                    masks[mode, r] = occlusion_mask(x.shape[0], occlusion_grid, r, mode, sal, seed=seed,
-                                                    indices=idx)
-                variants[f"occlude-{mode}-{r:g}-{fill_name(f)}"] = occlude(x, masks[mode, r], f)
-            seconds["variants"] += time.perf_counter() - t0
-            if not names:
-                names = list(variants)
-                if 1 in shuffle_grids:
-                    names.insert(1, "shuffle-g1")
-            for mname, (module, norm) in mods.items():
-                t0 = time.perf_counter()
-                for vname, xv in variants.items():
-                    logits = module(norm(xv)).float()  # (B, K)
-                    for k, c in topk_correct(logits, y, ks).items():
-                        hits[mname].setdefault(vname, {}).setdefault(k, []).append(c.cpu())
-                seconds[mname] += time.perf_counter() - t0
-            labels.append(y)
-            indices.append(idx)
-    if not labels:
-        raise VitvizError("the dataset is empty: nothing to evaluate")
-    correct = {m: {v: {k: torch.cat(c).numpy() for k, c in d.items()} for v, d in hv.items()}
-               for m, hv in hits.items()}
+    for _, _, f in occlusions:
+        fill_image(torch.zeros(1, 3, 4, 4), f)  # validate every fill before the first batch
+
+    def variants(x: Tensor, y: Tensor, idx: Tensor, *rest: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {"clean": x}
+        for g in shuffle_grids:
+            if g == 1:
+                continue  # identity (tested): reuse the clean forward
+            out[f"shuffle-g{g}"] = shuffle_patches(x, g, seed=seed, indices=idx)
+        sal = saliency_fn(x, idx) if needs_saliency else None  # (B, gh, gw)
+        masks: dict[tuple[str, float], Tensor] = {}
+        for mode, r, f in occlusions:
+            if (mode, r) not in masks:
+                masks[mode, r] = occlusion_mask(x.shape[0], occlusion_grid, r, mode, sal, seed=seed, indices=idx)
+            out[f"occlude-{mode}-{r:g}-{fill_name(f)}"] = occlude(x, masks[mode, r], f)
+        return out
+
+    res = evaluate_variants_many(models, loader, variants, ks=ks, device=device, progress=progress,
+                                 desc="robustness")
     if 1 in shuffle_grids:
-        for m in correct:
-            correct[m]["shuffle-g1"] = correct[m]["clean"]
-    return SweepResult(labels=torch.cat(labels).numpy(), indices=torch.cat(indices).numpy(),
-                       correct=correct, seconds=seconds, variants=names,
-                       skipped=dict(getattr(loader, "skipped", {}) or {}))
+        res.variants.insert(1, "shuffle-g1")
+        for corr in res.by_model.values():
+            corr.correct["shuffle-g1"] = corr.correct["clean"]
+            corr.predicted["shuffle-g1"] = corr.predicted["clean"]
+    return res
 
 
 def summarize_sweep(result: SweepResult, k: int = 1, n_boot: int = 1000, seed: int = 0) -> list[dict]:

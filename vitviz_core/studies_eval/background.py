@@ -69,15 +69,11 @@ def _background_features(model: Any, dataset: Any, fg_view: Tensor, hook: str, b
                          progress: bool) -> BackgroundFeatures:
     from tqdm.auto import tqdm
 
-    from vitviz_core.evaluate.common import (
-        as_module,
-        make_loader,
-        model_device,
-        unpack_batch,
-    )
+    from vitviz_core.evaluate.common import make_loader, model_device, unpack_batch
     from vitviz_core.hooks import capture, to_patch_maps
+    from vitviz_core.models import as_loaded
 
-    module = as_module(model)
+    module = as_loaded(model).model
     dev = model_device(model)
     bg_rows: list[Tensor] = []
     tot_rows: list[Tensor] = []
@@ -85,7 +81,7 @@ def _background_features(model: Any, dataset: Any, fg_view: Tensor, hook: str, b
     idx_rows: list[Tensor] = []
     bg_area_sum, area_n = 0.0, 0
     offset = 0
-    with torch.inference_mode(), capture(module, [hook], stop_early=True, unfused_attention=False) as cap:
+    with torch.inference_mode(), capture(module, [hook], stop_early=True) as cap:
         for batch in tqdm(make_loader(dataset, batch_size), desc="background features",
                           disable=not progress, leave=False):
             x, _, idx, _ = unpack_batch(batch, offset)

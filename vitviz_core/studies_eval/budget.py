@@ -17,7 +17,9 @@ def prefer_channels_last(model: Any) -> Any:
     """Put a convolutional network in channels-last memory format (about 1.5x faster on CPU
     for EfficientNet's depthwise convolutions; outputs unchanged up to float rounding).
     Token models are returned untouched. Returns ``model``."""
-    module = getattr(model, "model", model)
+    from vitviz_core.models import as_loaded
+
+    module = as_loaded(model).model
     convs = sum(isinstance(m, nn.Conv2d) for m in module.modules())
     if convs > 4 and not hasattr(module, "cls_token"):
         module.to(memory_format=torch.channels_last)

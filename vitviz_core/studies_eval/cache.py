@@ -1,255 +1,51 @@
-"""On-disk cache of chapter results, keyed by the models' weights, the data, the settings and the
-source code of the modules that compute them.
-
-Cache files are ``config.cache_dir()/studies/<kind>-<key>.npz``: a JSON tree (stored as the
-``__json__`` byte array) plus the numeric arrays it refers to, read with
-``numpy.load(allow_pickle=False)``. Nothing in a cache file can run code: decoding only
-builds plain containers, numpy arrays, tensors, and instances of this package's own
-dataclasses (found by name under ``vitviz_core``, filled field by field without calling any
-constructor) and of :class:`~vitviz_core.evaluate.probe.LinearProbe` (rebuilt from its
-shapes and state dict). A crafted, corrupt or foreign file is simply recomputed; values of
-other types are computed but not cached (logged). Old pickle caches (``*.pkl``) are never
-read."""
+"""On-disk cache of chapter results: :mod:`vitviz_core.cache` (``.npz`` + JSON, never pickle)
+under ``config.cache_dir()/studies``, keyed by the models' weights, the data, the settings and
+the source code of the modules that compute chapter numbers."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import importlib
-import inspect
-import io
-import json
-import logging
-import math
-import os
-from pathlib import Path, PurePath
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-import torch
-from torch import nn
+from vitviz_core.cache import _CACHE_VERSION, code_version, dumps, loads
+from vitviz_core.cache import cache_key as _cache_key
+from vitviz_core.cache import cached as _cached
 
-from vitviz_core.errors import VitvizError
-from vitviz_core.evaluate.records import model_info, weights_fingerprint
+__all__ = ["cached", "cache_key", "dumps", "loads", "COMPUTING", "_CACHE_VERSION"]
 
-_CACHE_VERSION = 2  # 2: .npz + JSON instead of pickle
+FOLDER = "studies"
 
-log = logging.getLogger(__name__)
-_PACKAGE = "vitviz_core."
-
-
-#: Modules of this package that compute cached numbers (their plots change no number, but
-#: are hashed with them: a cached result is never older than the code that made it).
-_COMPUTING = ("token_study", "foreground", "masking_study", "background", "frequency_study")
+#: Modules of this package whose code decides cached chapter numbers (their plots change no
+#: number, but are hashed with them: a cached result is never older than the code that made it).
+COMPUTING = (
+    "vitviz_core.models",
+    "vitviz_core.evaluate.common",
+    "vitviz_core.evaluate.fill",
+    "vitviz_core.evaluate.frequency",
+    "vitviz_core.evaluate.masking",
+    "vitviz_core.evaluate.probe",
+    "vitviz_core.evaluate.stats",
+    "vitviz_core.evaluate.token_mixing",
+    "vitviz_core.studies_eval.token_study",
+    "vitviz_core.studies_eval.foreground",
+    "vitviz_core.studies_eval.masking_study",
+    "vitviz_core.studies_eval.background",
+    "vitviz_core.studies_eval.frequency_study",
+)
 
 
 def _code_version() -> str:
-    """Hash of the source of the modules whose code decides the cached numbers."""
-    import importlib
-
-    from vitviz_core import models
-    from vitviz_core.evaluate import (
-        common,
-        frequency,
-        masking,
-        probe,
-        stats,
-        token_mixing,
-    )
-
-    h = hashlib.sha256()
-    for mod in (common, frequency, masking, probe, stats, token_mixing, models):
-        h.update(inspect.getsource(mod).encode())
-    for name in _COMPUTING:
-        h.update(inspect.getsource(importlib.import_module(f"vitviz_core.studies_eval.{name}")).encode())
-    return h.hexdigest()[:16]
-
-
-def _data_key(data: Any) -> Any:
-    from vitviz_core.evaluate.records import dataset_fingerprint
-
-    if data is None or isinstance(data, (str, int, float)):
-        return data
-    try:
-        return {"fingerprint": dataset_fingerprint(data), "n": len(data)}
-    except ValueError:
-        raise VitvizError(f"cannot cache a result on a {type(data).__name__}: it cannot be "
-                          "fingerprinted (pass cache=False)") from None
-
-
-def _model_key(model: Any) -> Any:
-    module = getattr(model, "model", model)
-    if isinstance(module, nn.Module):
-        return {"info": model_info(model), "weights": weights_fingerprint(module)}
-    return repr(model)
+    return code_version(COMPUTING)
 
 
 def cache_key(kind: str, models: Sequence[Any] = (), data: Any = None,
               settings: Mapping[str, Any] | None = None) -> str:
-    """Hex key of a cached result: kind + models (info and weight hash) + data fingerprint
-    + settings + the source code of the evaluation modules."""
-    from vitviz_core.evaluate.records import jsonable
-
-    spec = {"v": _CACHE_VERSION, "kind": kind, "code": _code_version(),
-            "models": [_model_key(m) for m in models], "data": _data_key(data),
-            "settings": jsonable(dict(settings or {}))}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=repr).encode()).hexdigest()[:24]
-
-
-# ------------------------------------------------------------------ pickle-free serialisation
-
-
-class _Unsupported(TypeError):
-    """A value this cache cannot store without pickle."""
-
-
-def _encode(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
-    """A JSON-able tree for ``obj``; arrays and tensors go into ``arrays`` by name."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int) and not isinstance(obj, bool):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
-    if isinstance(obj, (np.integer, np.floating, np.bool_)):
-        return {"__np__": obj.dtype.str, "v": _encode(obj.item(), arrays)}
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu()
-        dtype = str(t.dtype).removeprefix("torch.")
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        name = f"a{len(arrays)}"
-        arrays[name] = t.contiguous().numpy()
-        return {"__tensor__": name, "dtype": dtype}
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise _Unsupported("numpy object arrays")
-        name = f"a{len(arrays)}"
-        arrays[name] = np.ascontiguousarray(obj)
-        return {"__array__": name}
-    if isinstance(obj, PurePath):
-        return {"__path__": str(obj)}
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return {"__tuple__": [_encode(v, arrays) for v in obj]}
-    if isinstance(obj, list):
-        return [_encode(v, arrays) for v in obj]
-    if isinstance(obj, dict):
-        return {"__dict__": [[_encode(k, arrays), _encode(v, arrays)] for k, v in obj.items()]}
-    cls = type(obj)
-    where = f"{cls.__module__}:{cls.__qualname__}"
-    from vitviz_core.evaluate.probe import LinearProbe
-
-    if isinstance(obj, LinearProbe):
-        return {"__linear_probe__": {"features": obj.features, "num_prefix_tokens": obj.num_prefix_tokens,
-                                     "state": _encode(dict(obj.state_dict()), arrays)}}
-    if dataclasses.is_dataclass(obj) and cls.__module__.startswith(_PACKAGE):
-        return {"__dataclass__": where,
-                "fields": {f.name: _encode(getattr(obj, f.name), arrays) for f in dataclasses.fields(obj)}}
-    raise _Unsupported(where)
-
-
-def _dataclass_type(where: str) -> type:
-    module_name, _, qualname = where.partition(":")
-    if not module_name.startswith(_PACKAGE) or not qualname or "<" in qualname:
-        raise ValueError(f"not a vitviz_core class: {where!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not (isinstance(obj, type) and dataclasses.is_dataclass(obj)):
-        raise ValueError(f"not a dataclass: {where!r}")
-    return obj
-
-
-def _decode(node: Any, arrays: Mapping[str, np.ndarray]) -> Any:
-    if isinstance(node, list):
-        return [_decode(v, arrays) for v in node]
-    if not isinstance(node, dict):
-        return node
-    if "__float__" in node:
-        return float(node["__float__"])
-    if "__np__" in node:
-        return np.dtype(node["__np__"]).type(_decode(node["v"], arrays))
-    if "__array__" in node:
-        return np.array(arrays[node["__array__"]])
-    if "__tensor__" in node:
-        t = torch.from_numpy(np.array(arrays[node["__tensor__"]]))
-        dtype = getattr(torch, str(node["dtype"]), None)
-        return t.to(dtype) if isinstance(dtype, torch.dtype) else t
-    if "__path__" in node:
-        return Path(node["__path__"])
-    if "__tuple__" in node:
-        return tuple(_decode(v, arrays) for v in node["__tuple__"])
-    if "__dict__" in node:
-        return {_hashable(_decode(k, arrays)): _decode(v, arrays) for k, v in node["__dict__"]}
-    if "__linear_probe__" in node:
-        from vitviz_core.evaluate.probe import LinearProbe
-
-        spec = node["__linear_probe__"]
-        state = _decode(spec["state"], arrays)
-        weight = state["linear.weight"]  # (K, D)
-        probe = LinearProbe(int(weight.shape[1]), int(weight.shape[0]), str(spec["features"]),
-                            int(spec["num_prefix_tokens"]))
-        probe.load_state_dict(state)
-        return probe.eval()
-    if "__dataclass__" in node:
-        cls = _dataclass_type(str(node["__dataclass__"]))
-        obj = cls.__new__(cls)  # no __init__ / __post_init__: fields are set one by one
-        values = {k: _decode(v, arrays) for k, v in node["fields"].items()}
-        for f in dataclasses.fields(cls):
-            if f.name in values:
-                object.__setattr__(obj, f.name, values[f.name])
-        return obj
-    raise ValueError(f"unknown node {sorted(node)[:3]}")
-
-
-def _hashable(key: Any) -> Any:
-    return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
-
-
-def dumps(value: Any) -> bytes:
-    """``value`` as ``.npz`` bytes (JSON tree + arrays); raises TypeError for unsupported types."""
-    arrays: dict[str, np.ndarray] = {}
-    tree = _encode(value, arrays)
-    payload = json.dumps({"v": _CACHE_VERSION, "tree": tree}, allow_nan=False).encode()
-    buf = io.BytesIO()
-    np.savez(buf, __json__=np.frombuffer(payload, dtype=np.uint8), **arrays)
-    return buf.getvalue()
-
-
-def loads(data: bytes | os.PathLike | str) -> Any:
-    """Inverse of :func:`dumps`; never unpickles (``allow_pickle=False``)."""
-    source = io.BytesIO(data) if isinstance(data, bytes) else data
-    with np.load(source, allow_pickle=False) as npz:
-        meta = json.loads(bytes(npz["__json__"]).decode())
-        if meta.get("v") != _CACHE_VERSION:
-            raise ValueError(f"cache format {meta.get('v')!r}, expected {_CACHE_VERSION}")
-        arrays = {k: npz[k] for k in npz.files if k != "__json__"}
-    return _decode(meta["tree"], arrays)
+    """Hex key of a cached chapter result (see :func:`vitviz_core.cache.cache_key`)."""
+    return _cache_key(kind, models, data, settings, _code_version())
 
 
 def cached(kind: str, compute: Callable[[], Any], *, models: Sequence[Any] = (), data: Any = None,
            settings: Mapping[str, Any] | None = None, enabled: bool = True) -> Any:
-    """``compute()``, or its result from ``cache_dir()/studies/<kind>-<key>.npz`` when the same
-    models, data and settings were computed before. A corrupt or foreign cache file is recomputed
-    (and never executed: see the module docstring)."""
-    from vitviz_core import config
-
-    if not enabled:
-        return compute()
-    path = config.cache_dir() / "studies" / f"{kind}-{cache_key(kind, models, data, settings)}.npz"
-    if path.is_file():
-        try:
-            return loads(path)
-        except Exception as exc:  # noqa: BLE001 - unreadable cache entry: recompute
-            log.info("recomputing %s: cache file %s is unreadable (%s)", kind, path.name, exc)
-    value = compute()
-    try:
-        blob = dumps(value)
-    except _Unsupported as exc:
-        log.info("not caching %s: it holds a %s, which the pickle-free cache cannot store", kind, exc)
-        return value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
-    return value
+    """``compute()``, or its result from ``cache_dir()/studies/<kind>-<key>.npz``
+    (:func:`vitviz_core.cache.cached` with this module's code version)."""
+    return _cached(kind, compute, folder=FOLDER, models=models, data=data, settings=settings,
+                   code=_code_version() if enabled else "", enabled=enabled)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from vitviz_core.evaluate.common import model_device
 from vitviz_core.explorer import run_into_output
+from vitviz_core.models import as_loaded
 from vitviz_core.plot import _to_hwc
 from vitviz_core.plot_eval import _upsample
 
@@ -185,9 +186,9 @@ class MaskingExplorer:
         for name, v in views.items():
             lines = []
             for mname, m in self.models.items():
-                module = getattr(m, "model", m)
+                lm = as_loaded(m)
                 with torch.inference_mode():
-                    logits = module(m.normalize(v).to(model_device(m)))[0]
+                    logits = lm.model(lm.normalize(v).to(model_device(m)))[0]
                 p = logits.float().softmax(-1)
                 top = int(p.argmax())
                 lines.append(f"{mname[:14]}: {'✓' if top == int(label) else '✗'} {_class(top)[:16]} {float(p[top]):.2f}")
@@ -204,7 +205,7 @@ class MaskingExplorer:
         import ipywidgets as w
 
         idx = w.BoundedIntText(value=self.default[0], min=0, max=len(self.pixels) - 1, description="image")
-        fill = w.Dropdown(options=["black", "mean", "blur"], value=self.default[1], description="fill")
+        fill = w.Dropdown(options=["black", "dataset_mean", "blur"], value=self.default[1], description="fill")
         cut = w.FloatLogSlider(value=self.default[2], base=2, min=0, max=7, description="cut-off")
         button = w.Button(description="Render", button_style="primary")
         status, out = _status(), w.Output()

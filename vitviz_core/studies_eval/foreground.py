@@ -19,9 +19,10 @@ def _fg_model_key(fg_model: Any) -> dict[str, Any]:
     if path is not None and Path(path).is_file():
         st = Path(path).stat()
         return {"onnx": str(path), "size": st.st_size, "mtime": st.st_mtime_ns}
-    module = fg_model if isinstance(fg_model, nn.Module) else getattr(fg_model, "model", None)
-    if isinstance(module, nn.Module):
-        return {"weights": weights_fingerprint(module)}
+    from vitviz_core.models import LoadedModel, as_loaded
+
+    if isinstance(fg_model, (nn.Module, LoadedModel)):
+        return {"weights": weights_fingerprint(as_loaded(fg_model).model)}
     return {"repr": repr(fg_model)}
 
 

@@ -9,10 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from vitviz_core.evaluate.stats import Estimate, bootstrap_ci, ratio_with_ci
+from vitviz_core.evaluate.stats import Estimate, bootstrap_ci
 from vitviz_core.studies_eval.budget import _num, _pct, eval_subset
 from vitviz_core.studies_eval.cache import cached
 from vitviz_core.studies_eval.paper_numbers import PAPER_MASKING_LOGS, PAPER_TABLE2
@@ -42,49 +40,18 @@ class MaskingStudy:
 
 def _masking_one(model: Any, boxes: Mapping[str, list], data_name: str, n_images: int | None, fill: Any,
                  batch_size: int, n_boot: int, progress: bool) -> tuple[Any, dict[str, dict[int, np.ndarray]]]:
-    """One model's full / foreground-only / background-only evaluation with the given boxes
-    (the computation of ``masking_experiment(masks="boxes")``), keeping per-image correctness."""
-    from vitviz_core.evaluate.common import (
-        evaluate_variants,
-        make_loader,
-        pixel_dataset,
-    )
-    from vitviz_core.evaluate.masking import (
-        CONDITIONS,
-        BoxMaskDataset,
-        MaskingResult,
-        apply_mask,
-    )
-    from vitviz_core.evaluate.records import ResultRecord
-    from vitviz_core.evaluate.stats import accuracy_with_ci
+    """One model's full / foreground-only / background-only evaluation with the given boxes:
+    :func:`vitviz_core.evaluate.masking.masking_one` (the loop of ``masking_experiment``) on a
+    :class:`~vitviz_core.evaluate.masking.BoxMaskDataset`, with its per-image correctness."""
+    from vitviz_core.evaluate.common import pixel_dataset
+    from vitviz_core.evaluate.masking import BoxMaskDataset, masking_one
 
     base = pixel_dataset(model, data_name, None, n_images)
     dataset = BoxMaskDataset(base, dict(boxes), model.pixel_transform())
-    stats = {"fg": 0.0, "pix": 0, "empty": 0}
-
-    def variants(x: Tensor, y: Tensor, idx: Tensor, *rest: Tensor) -> dict[str, Tensor]:
-        keep = rest[0].to(x.device).bool()  # (B, H, W)
-        stats["fg"] += float(keep.float().sum())
-        stats["pix"] += keep.numel()
-        stats["empty"] += int((~keep.flatten(1).any(1)).sum())
-        return {"full": x, "foreground": apply_mask(x, keep, fill), "background": apply_mask(x, ~keep, fill)}
-
-    name = getattr(model, "name", type(model).__name__)
-    record = ResultRecord.start("masking", model, dataset, {
-        "masks": "boxes (given)", "fill": fill, "batch_size": batch_size, "n_boot": n_boot,
-        "space": "pixel [0,1] before the model's normalisation"})
-    corr = evaluate_variants(model, make_loader(dataset, batch_size), variants, progress=progress,
-                             desc=f"masking {name}")
-    res = MaskingResult(model=name)
-    for c in CONDITIONS:
-        res.top1[c] = accuracy_with_ci(corr.correct[c][1], n_boot=n_boot)
-        res.top5[c] = accuracy_with_ci(corr.correct[c][5], n_boot=n_boot)
-    for c in ("foreground", "background"):
-        res.normalized_top5[c] = ratio_with_ci(corr.correct[c][5], corr.correct["full"][5], n_boot=n_boot)
-    res.foreground_fraction = stats["fg"] / max(stats["pix"], 1)
-    res.empty_masks = stats["empty"]
-    res.record = record.finish()
-    return res, corr.correct
+    res = masking_one(model, dataset, None, fill, batch_size=batch_size, n_boot=n_boot, progress=progress,
+                      settings={"masks": "boxes (given)", "fill": fill, "batch_size": batch_size,
+                                "n_boot": n_boot, "space": "pixel [0,1] before the model's normalisation"})
+    return res, res.correctness.correct
 
 
 def masking_run(models: Sequence[Any], boxes: Mapping[str, list], *, data_name: str = "imagenet-val-1300",
@@ -93,9 +60,9 @@ def masking_run(models: Sequence[Any], boxes: Mapping[str, list], *, data_name: 
     """Table 2 analogue with the given boxes (e.g. :func:`saliency_boxes`) for each model on
     the same images, cached per model. Each model sees the images (and the boxes) through its
     own pixel transform."""
-    from vitviz_core.evaluate.masking import fill_image
+    from vitviz_core.evaluate.fill import check_fill
 
-    fill_image(torch.zeros(1, 3, 4, 4), fill, 1.0)  # validate the fill early
+    check_fill(fill)  # validate the fill early
     data = eval_subset(data_name, n_images)
     box_key = hashlib.sha256(json.dumps(
         {k: [[b.xmin, b.ymin, b.xmax, b.ymax] for b in v] for k, v in sorted(boxes.items())}

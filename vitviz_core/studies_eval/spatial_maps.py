@@ -34,8 +34,7 @@ def top_feature_maps(model: Any, x: Tensor, hook: str, n: int = 2, stat: str = "
     """
     from vitviz_core.hooks import capture, to_patch_maps
 
-    module = getattr(model, "model", model)
-    with torch.inference_mode(), capture(module, [hook], stop_early=True, unfused_attention=False) as cap:
+    with torch.inference_mode(), capture(model, [hook], stop_early=True) as cap:
         cap.forward(x)
         maps = to_patch_maps(cap.activations[hook], cap.specs[hook]).float()  # (B, C, h, w)
     return _pick_features(maps, n, stat, selective)
@@ -88,10 +87,9 @@ def depth_maps(model: Any, x: Tensor, blocks: Sequence[int], hook: str = "blocks
     images. ``x``: ``(B, 3, H, W)`` normalised input, ``B >= 2``."""
     from vitviz_core.hooks import capture, to_patch_maps
 
-    module = getattr(model, "model", model)
     names = [hook.format(i=b) for b in blocks]
     res = DepthMaps(blocks=list(blocks), features={}, maps={}, spread={})
-    with torch.inference_mode(), capture(module, names, stop_early=True, unfused_attention=False) as cap:
+    with torch.inference_mode(), capture(model, names, stop_early=True) as cap:
         cap.forward(x)
         for b, nm in zip(blocks, names):
             maps = to_patch_maps(cap.activations[nm], cap.specs[nm]).float()  # (B, C, h, w)

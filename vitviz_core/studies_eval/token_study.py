@@ -58,56 +58,33 @@ ONE_WAY = {
 }
 
 
-def _one_way_mask(n_tokens: int, kind: str, device: Any) -> Tensor:
-    """Boolean attention mask ``(L, L)`` (True = may attend) cutting one direction between
-    token 0 (CLS) and the others."""
-    mask = torch.ones(n_tokens, n_tokens, dtype=torch.bool, device=device)
-    if kind == "cls_blind":
-        mask[0, 1:] = False
-    elif kind == "patches_blind":
-        mask[1:, 0] = False
-    else:
+def _one_way_mask(kind: str) -> Callable[[int], Tensor]:
+    """``n_tokens -> (L, L)`` boolean attention mask (True = may attend) cutting one direction
+    between token 0 (CLS) and the others."""
+    if kind not in ONE_WAY:
         raise VitvizError(f"unknown one-way isolation {kind!r}: use one of {sorted(ONE_WAY)}")
-    return mask
+
+    def mask_fn(n_tokens: int) -> Tensor:
+        mask = torch.ones(n_tokens, n_tokens, dtype=torch.bool)
+        if kind == "cls_blind":
+            mask[0, 1:] = False
+        else:
+            mask[1:, 0] = False
+        return mask
+    return mask_fn
 
 
 def one_way_logits(model: Any, x: Tensor, layers: Mapping[str, Sequence[int]],
                    head: Callable[[Tensor], Tensor] | None = None) -> dict[str, dict[int, Tensor]]:
     """Logits with attention cut in **one** direction between CLS and the patches in blocks
     ``[0, L)`` (the paper's isolation cuts both): ``layers = {"cls_blind": [...],
-    "patches_blind": [...]}`` -> ``{kind: {L: (B, K)}}``. The masked prefix is shared by all
-    ``L`` of a kind, so a kind costs one pass plus the tails ``[L, depth)``."""
-    import inspect as _inspect
+    "patches_blind": [...]}`` -> ``{kind: {L: (B, K)}}``. One branching forward pass with
+    the cut as an attention-mask edit (:func:`~vitviz_core.evaluate.token_mixing.prefix_masked_logits`):
+    the masked prefix is shared by all ``L`` of a kind."""
+    from vitviz_core.evaluate.token_mixing import prefix_masked_logits
 
-    from vitviz_core.evaluate.token_mixing import check_vit, default_head, embed_tokens
-
-    module = check_vit(model)
-    blocks = list(module.blocks)
-    depth = len(blocks)
-    if "attn_mask" not in _inspect.signature(blocks[0].forward).parameters:
-        raise VitvizError(f"{type(blocks[0]).__name__}.forward takes no attn_mask: one-way isolation "
-                          "needs timm >= 1.0.15 blocks")
-    head = head or default_head(module)
-    t = embed_tokens(module, x)  # (B, L, C)
-    out: dict[str, dict[int, Tensor]] = {}
-    for kind, ls in layers.items():
-        want = sorted({int(v) for v in ls})
-        bad = [v for v in want if not 0 <= v <= depth]
-        if bad:
-            raise VitvizError(f"layers {bad} out of range: use 0..{depth}")
-        mask = _one_way_mask(t.shape[1], kind, t.device)
-        z = t
-        res: dict[int, Tensor] = {}
-        for layer in range(depth + 1):
-            if layer in want:
-                j = z
-                for blk in blocks[layer:]:
-                    j = blk(j)
-                res[layer] = head(j)
-            if layer < depth and layer < max(want, default=0):
-                z = blocks[layer](z, attn_mask=mask)
-        out[kind] = res
-    return out
+    groups = {kind: (_one_way_mask(kind), ls) for kind, ls in layers.items()}
+    return prefix_masked_logits(model, x, groups, (), head)["groups"]
 
 
 def one_way_run(model: Any, dataset: Any, layers: Mapping[str, Sequence[int]], *, probe: Any = None,
@@ -119,8 +96,9 @@ def one_way_run(model: Any, dataset: Any, layers: Mapping[str, Sequence[int]], *
 
     from vitviz_core.evaluate.common import make_loader, model_device, unpack_batch
     from vitviz_core.evaluate.stats import accuracy_with_ci, topk_correct
+    from vitviz_core.models import as_loaded
 
-    head = probe.head_for(getattr(model, "model", model)) if probe is not None else None
+    head = probe.head_for(as_loaded(model).model) if probe is not None else None
     layers = {k: sorted({int(v) for v in ls}) for k, ls in layers.items()}
 
     def compute() -> dict[str, dict[int, dict[int, Estimate]]]:
