@@ -14,7 +14,8 @@ step, measured side by side in one run (arms interleaved, median of ``--repeats`
 The ratio is the cost of everything that is not the model (goal <= 1.10).
 
 **CUDA** (skipped without it): ViT-B/16 at 224 px (random init: speed does not depend on the
-weights) in bf16, at blocks 11 and 6: ``gpu_features_per_min_vit_b16_block11`` / ``_block6``
+weights) in pure bf16 (``precision="bf16"``, the default on CUDA; the bare arm runs the same bf16
+model), at blocks 11 and 6: ``gpu_features_per_min_vit_b16_block11`` / ``_block6``
 (400-step equivalent, warmed up at the timed K, >= 50 timed steps) and ``mfu_block11`` =
 model FLOP/s achieved (FLOPs of the bare step counted by ``torch.utils.flop_counter``) ÷ the
 detected GPU's dense bf16 peak.
@@ -162,18 +163,21 @@ def cpu_ratio(args: argparse.Namespace) -> None:
 def gpu_figures(args: argparse.Namespace, dev: torch.device) -> None:
     import timm
 
-    amp = dev.type == "cuda"
+    low = dev.type == "cuda"
+    dtype = torch.bfloat16 if low else torch.float32
     k, n, s, warm = args.gpu_features, args.n_augment, args.gpu_steps, args.gpu_warmup
     size = 224
     torch.manual_seed(0)
-    net = timm.create_model("vit_base_patch16_224", pretrained=False).to(dev).eval().requires_grad_(False)
+    net = timm.create_model("vit_base_patch16_224", pretrained=False).to(dev, dtype).eval().requires_grad_(False)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (smoke run)"
     peak = peak_bf16(name) if dev.type == "cuda" else None
     kw = dict(recipe=args.recipe, n_augment=n, normalize=((0.5,) * 3, (0.5,) * 3), input_size=size,
-              amp=amp)
-    print(f"# GPU: vit_base_patch16_224 (random init) on {name}, {'bf16 autocast' if amp else 'fp32'}, "
-          f"K={k} x n={n} = batch {k * n}, recipe {args.recipe}; warm-up {warm} steps at K={k}, "
-          f"then ({warm} + {s}) - ({warm}) steps timed", flush=True)
+              precision="bf16" if low else "fp32", batch_features=k, compile=args.gpu_compile)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    print(f"# GPU: vit_base_patch16_224 (random init) on {name}, {'pure bf16 model' if low else 'fp32'}, "
+          f"K={k} x n={n} = batch {k * n}, recipe {args.recipe}, compile={args.gpu_compile}; warm-up {warm} "
+          f"steps at K={k}, then ({warm} + {s}) - ({warm}) steps timed", flush=True)
     for layer in args.gpu_layers:
         hook = f"blocks.{layer}.mlp.hook_post"
         optimize_features(net, hook, list(range(k)), steps=warm, progress=False, **kw)  # warm-up at K
@@ -188,10 +192,10 @@ def gpu_figures(args: argparse.Namespace, dev: torch.device) -> None:
         per_step = ((t2 - t1) - (t1 - t0)) / s
         fpm = 60.0 * k / (per_step * PAPER_STEPS)
         fwd = truncated_forward(net, layer)
-        x = torch.rand(k * n, 3, size, size, device=dev, requires_grad=True)
-        bare_step(fwd, x, k, amp)
-        bare = time_bare(fwd, x, k, s, amp)
-        flops = count_flops(fwd, x[: n].detach().requires_grad_(True), 1, amp) * k  # one feature's batch x K
+        x = torch.rand(k * n, 3, size, size, device=dev, dtype=dtype, requires_grad=True)
+        bare_step(fwd, x, k, False)
+        bare = time_bare(fwd, x, k, s, False)
+        flops = count_flops(fwd, x[: n].detach().requires_grad_(True), 1, False) * k  # one feature's batch x K
         achieved = flops / per_step
         print(f"block {layer}: optimizer {per_step * 1e3:.1f} ms/step, bare model {bare * 1e3:.1f} ms/step "
               f"(overhead ratio {per_step / bare:.3f}); model {flops / 1e12:.2f} TFLOP/step, "
@@ -220,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-steps", type=int, default=50, help="timed GPU steps (>= 50)")
     p.add_argument("--gpu-warmup", type=int, default=5)
     p.add_argument("--gpu-layers", type=lambda v: [int(i) for i in v.split(",")], default=[11, 6])
+    p.add_argument("--gpu-compile", action="store_true", help="optimize_features(compile=True) on the GPU")
     p.add_argument("--gpu-only", action="store_true", help="skip the CPU ratio (fails without CUDA)")
     p.add_argument("--no-gpu", action="store_true")
     p.add_argument("--smoke", action="store_true",

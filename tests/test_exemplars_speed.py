@@ -178,3 +178,24 @@ def test_map_pickers_agree_with_one_concatenated_tensor():
         for sync_free in (False, True):
             assert torch.equal(ex._picker(srcs, sync_free)(rows, ch), want)
             assert torch.equal(ex._picker(srcs[:1], sync_free)(rows % 6, ch % 3), srcs[0][rows % 6, :, ch % 3])
+
+
+def test_activations_kept_without_copy_give_the_copied_result(tmp_path, monkeypatch):
+    """A ViT's captured activations are used without a clone (nothing writes them in place
+    after the hook); the result equals the copying path. Models with in-place modules copy."""
+    monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
+    m = tiny_vit()
+    hooks = ["blocks.0.mlp.hook_post", "blocks.1.hook_resid_post"]
+    assert ex._no_inplace_writes(m, hooks) and ex._no_inplace_writes(m, hooks[:1])
+    resnet = timm.create_model("resnet18", pretrained=False, layers=[1, 1, 1, 1], num_classes=10)
+    assert not ex._no_inplace_writes(resnet, ["layer1", "layer2"]) and ex._no_inplace_writes(resnet, ["layer1"])
+    ds = TensorDataset(torch.randn(13, 3, 32, 32), torch.zeros(13, dtype=torch.long), torch.arange(13))
+    kw = dict(k=3, batch_size=4, cache=False, progress=False, num_workers=0)
+    fast = ex.find_exemplars(m, ds, hooks, **kw)
+    monkeypatch.setattr(ex, "_no_inplace_writes", lambda module, hooks: False)
+    copied = ex.find_exemplars(m, ds, hooks, **kw)
+    for h in hooks:
+        for stat in ("mean", "max"):
+            a, b = fast.topk[h][stat], copied.topk[h][stat]
+            assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+            assert torch.equal(a.maps, b.maps)

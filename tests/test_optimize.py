@@ -337,14 +337,153 @@ def test_same_seed_same_image_and_seeds_differ() -> None:
 
 
 def test_batched_equals_single() -> None:
+    """Counter-based streams: one feature alone == inside a batch == chunked, bit for bit (CPU)."""
     model = tiny("vit")
     for recipe in ("paper", "released"):
         batched = _run(model, [0, 7, 3], recipe=recipe)
         alone = _run(model, [7], recipe=recipe)
-        assert torch.allclose(batched.images[1], alone.images[0], atol=1e-4), recipe
-        assert torch.allclose(batched.history[:, 1], alone.history[:, 0], atol=1e-4)
+        assert torch.equal(batched.images[1], alone.images[0]), recipe
+        assert torch.equal(batched.history[:, 1], alone.history[:, 0])
         chunked = _run(model, [0, 7, 3], recipe=recipe, batch_features=2)
-        assert torch.allclose(batched.images, chunked.images, atol=1e-4)
+        assert torch.equal(batched.images, chunked.images) and chunked.config["chunks"] == 2
+
+
+def test_counter_streams_depend_only_on_seed_feature_step() -> None:
+    """A feature's augmentations at step t are the same inside any batch, in any order, after
+    any earlier draws; they differ between steps, features and seeds."""
+    from vitviz_core.augment import CounterStreams, counter_seed
+
+    rec = get_recipe("paper", n_augment=3, jitter=3)
+    aug = EnsembleAugment(rec)
+    imgs = torch.rand(3, 3, 8, 8)
+    batch = CounterStreams(0, [4, 9, 2])
+    out = aug(imgs, batch, 5, 10)                                   # (9, 3, 8, 8)
+    alone = CounterStreams(0, [9])
+    aug(imgs[1:2], alone, 0, 10)                                    # earlier draws change nothing
+    assert torch.equal(aug(imgs[1:2], alone, 5, 10), out[3:6])
+    assert torch.equal(aug(imgs[[1, 0]], CounterStreams(0, [9, 4]), 5, 10)[:3], out[3:6])  # any order
+    assert not torch.equal(aug(imgs[1:2], alone, 6, 10), out[3:6])
+    assert not torch.equal(aug(imgs[1:2], CounterStreams(1, [9]), 5, 10), out[3:6])
+    assert counter_seed(7, 3) != counter_seed(7, 4) != counter_seed(8, 3)
+    assert counter_seed(7, 3, 0) != counter_seed(7, 3, 1) and 0 <= counter_seed(2**64 - 1, 10**9) < 2**63
+
+
+def test_auto_chunking_gives_the_images_of_one_chunk(monkeypatch) -> None:
+    """batch_features=None sizes chunks from the memory budget; the images do not change."""
+    from vitviz_core import optimize as opt_mod
+
+    model = tiny("vit")
+    one = _run(model, [5, 1, 8, 2, 6], batch_features=5)
+    assert one.config["chunks"] == 1
+    seen = {}
+
+    def small_budget(dev):
+        seen["dev"] = dev
+        return 1.0  # less than one feature: chunks of one
+    monkeypatch.setattr(opt_mod, "_memory_budget", small_budget)
+    auto = _run(model, [5, 1, 8, 2, 6])
+    assert seen["dev"].type == "cpu" and auto.config["chunks"] == 5 and auto.config["batch_features"] == 1
+    assert torch.equal(auto.images, one.images) and torch.equal(auto.history, one.history)
+    monkeypatch.setattr(opt_mod, "_memory_budget", lambda dev: 1e15)
+    assert _run(model, [5, 1, 8], steps=1).config["chunks"] == 1
+
+
+def test_auto_chunk_arithmetic_and_probe() -> None:
+    from vitviz_core.optimize import CPU_MAX_PASSES, auto_chunk
+
+    assert auto_chunk(100, 8, 1e6, 40e6) == 5                       # 40 MB / (8 x 1 MB)
+    assert auto_chunk(3, 8, 1e6, 40e9) == 3                         # never more than K
+    assert auto_chunk(100, 8, 1e6, 1.0) == 1                        # never less than 1
+    assert auto_chunk(1000, 8, 1.0, 1e15, CPU_MAX_PASSES) == CPU_MAX_PASSES // 8
+    from vitviz_core.hooks import capture
+    from vitviz_core.optimize import _bytes_per_pass, make_normalize
+
+    model = tiny("vit")
+    with capture(model, ["blocks.1.mlp.hook_post"], stop_early=True, detach=False) as cap:
+        one = _bytes_per_pass(cap, model, make_normalize(*NORM), (32, 32), torch.device("cpu"), torch.float32)
+    # 17 tokens x 32 channels x 4 bytes per saved activation: far above one, far below the weights
+    assert 17 * 32 * 4 * 4 < one < 5e6
+
+
+def test_precision_bf16_copy_and_errors() -> None:
+    from vitviz_core.optimize import _bf16_model
+
+    model = tiny("vit")
+    res = _run(model, [1, 2], precision="bf16", steps=2)
+    assert res.config["precision"] == "bf16" and res.config["amp"] == "bf16"
+    assert res.images.dtype == torch.float32 and torch.isfinite(res.images).all()
+    assert all(p.dtype == torch.float32 for p in model.parameters())     # the user's model is untouched
+    low = _bf16_model(model)
+    assert low is _bf16_model(model) and next(low.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        model.head.bias.add_(1.0)                                        # weights changed: a new copy
+    assert _bf16_model(model) is not low
+    assert _run(model, [1], steps=1).config["precision"] == "fp32"      # CPU default
+    with pytest.raises(VitvizError, match="precision"):
+        _run(model, [1], precision="fp8")
+    with pytest.raises(VitvizError, match="only used on CUDA"):
+        _run(model, [1], amp=True)
+
+
+def test_capture_without_copy_and_cached_normalize() -> None:
+    from vitviz_core.hooks import capture
+    from vitviz_core.optimize import make_normalize
+
+    model = tiny("vit")
+    seen = []
+    model.blocks[1].mlp.act.register_forward_hook(lambda mod, args, out: seen.append(out))
+    x = torch.rand(2, 3, 32, 32)
+    with capture(model, "blocks.1.mlp.hook_post", copy=False) as cap:
+        cap.forward(x)
+        assert cap.activations["blocks.1.mlp.hook_post"].data_ptr() == seen[-1].data_ptr()  # no clone
+    with capture(model, "blocks.1.mlp.hook_post") as cap:
+        cap.forward(x)
+        assert cap.activations["blocks.1.mlp.hook_post"].data_ptr() != seen[-1].data_ptr()  # default: a copy
+        assert torch.equal(cap.activations["blocks.1.mlp.hook_post"], seen[-1])
+    model.blocks[1].mlp.act._forward_hooks.clear()
+    norm = make_normalize(*NORM)
+    y = norm(x)
+    assert torch.equal(y, (x - 0.5) / 0.5) and torch.equal(norm(x), y)
+
+
+def test_truncated_forward_matches_the_hooked_activation() -> None:
+    from vitviz_core.hooks import capture
+    from vitviz_core.optimize import truncated_forward
+
+    model = tiny("vit")
+    hook = "blocks.0.mlp.hook_post"
+    trunc = truncated_forward(model, [hook])
+    assert not any("blocks.1" in str(n.target) for n in trunc.graph.nodes)  # later blocks are cut
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        out = trunc(x)[hook]  # (3, 17, 128); outside capture (its hooks would fire inside)
+        with capture(model, hook, unfused_attention=False) as cap:  # the same (fused) attention
+            cap.forward(x)
+    assert torch.equal(out, cap.activations[hook])
+    with pytest.raises(VitvizError, match="compile=True"):
+        truncated_forward(model, ["blocks.0.attn.hook_v"])  # a slice of qkv: reshaped
+    with pytest.raises(VitvizError, match="compile=True"):
+        truncated_forward(model, ["blocks.1.hook_resid_pre"])  # a module input
+
+
+def test_compile_eager_backend_matches_eager() -> None:
+    """compile= runs the fx-truncated forward (no exception-based stop) through torch.compile;
+    the "eager" backend checks the path in seconds."""
+    model = tiny("vit")
+    eager = _run(model, [0, 5], steps=3)
+    comp = _run(model, [0, 5], steps=3, compile="eager")
+    assert comp.config["compile"] == "eager"
+    assert torch.allclose(comp.images, eager.images, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_inductor_matches_eager_within_bf16_tolerance() -> None:
+    model = tiny("vit")
+    eager = _run(model, [0, 5], steps=3)
+    comp = _run(model, [0, 5], steps=3, compile=True)
+    assert comp.config["compile"] is True
+    assert torch.allclose(comp.images, eager.images, atol=2e-2)
+    assert torch.allclose(comp.history, eager.history, rtol=2e-2, atol=2e-2)
 
 
 def test_result_fields_and_config() -> None:
@@ -526,3 +665,21 @@ def test_cli_render_writes_png(capsys, tmp_path: Path) -> None:
 
     meta = Image.open(out).info
     assert '"hook": "blocks.0.mlp.hook_post"' in meta.get("Description", "")
+
+
+def test_estimate_seconds_follows_automatic_chunking(monkeypatch) -> None:
+    from vitviz_core import optimize as opt_mod
+
+    model = tiny("vit")
+    calls = []
+    real = opt_mod.optimize_features
+
+    def spy(*args, **kw):
+        res = real(*args, **kw)
+        calls.append(res.config)
+        return res
+    monkeypatch.setattr(opt_mod, "optimize_features", spy)
+    monkeypatch.setattr(opt_mod, "_memory_budget", lambda dev: 1.0)  # chunks of one feature
+    eta = opt_mod.estimate_seconds(model, "blocks.1.mlp.hook_post", [1, 2, 3], steps=10, normalize=NORM,
+                                   n_augment=2)
+    assert 0 < eta < 3600 and calls[0]["batch_features"] == 1 and calls[0]["steps"] == 1

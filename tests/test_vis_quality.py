@@ -29,11 +29,13 @@ def tiny_vit() -> torch.nn.Module:
                              depth=2, embed_dim=32, num_heads=2).eval()
 
 
-# Computed with the code before image parametrizations existed (commit f554d7e), CPU, 1 thread:
-# the pixel parametrization must leave the paper's and the released recipe bit-exact.
+# CPU, 1 thread. First stored before image parametrizations existed (commit f554d7e); changed
+# once on purpose by issue 10, when the random streams became counter-based (keyed by
+# (seed, feature, step) instead of one stateful generator per feature). Any other change of
+# these hashes is a regression of the paper's or the released recipe.
 STORED_SHA256 = {
-    "paper": "9cc652486a6af8fe1b24a4b015bdedb2ab3d2e7b2a959898a9167886eda763f4",
-    "released": "a5f59ffef77712371cc3adae8ea304b1a0e1ba57c339e7eadeb910b42d04aac2",
+    "paper": "4e285685cfd466edc2fa2484fb695de936f7cfaab8008c2ac2df7ff0bc15e363",
+    "released": "5a23e96f528329e27822034f523708a3fb21624a0280e4332c616b746fdab91c",
 }
 
 

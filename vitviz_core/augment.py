@@ -15,9 +15,16 @@ code's variant:
 
 Each augmentation separates drawing (``sample``: all randomness, from the generator passed
 in) from applying (``apply``: deterministic, differentiable). The optimizer draws the
-parameters of each feature's copies from that feature's own generators
-(:class:`FeatureStreams`), so optimizing K features in one batch draws exactly the numbers
-that optimizing each alone would.
+parameters of each feature's copies from generators seeded by a counter
+(:class:`CounterStreams`): the seed of feature ``f``'s draws at step ``t`` is a hash of
+``(seed, f, t)``. No generator carries state from one step to the next, so optimizing K
+features in one batch, alone, or in any chunking draws exactly the same numbers, and a chunk
+can be re-run (or a probe step taken) without disturbing any stream.
+
+Per-feature draws stay per feature (one small tensor each, concatenated): transcendental
+CPU kernels (``exp``, ``log``, ``cos``) give results that depend on where an element falls
+in the tensor (vector body vs scalar tail), so a batch-wide ``exp`` would break "one feature
+alone == inside a batch" bit for bit.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ __all__ = [
     "GaussianNoise",
     "noise_std_at",
     "FeatureStreams",
+    "CounterStreams",
+    "counter_seed",
     "stream_seeds",
     "RandomAffine",
     "EnsembleAugment",
@@ -91,7 +100,9 @@ class Jitter:
         shifts = offsets.tolist()
         if len(shifts) != x.shape[0]:
             raise ValueError(f"{len(shifts)} offsets for a batch of {x.shape[0]}")
-        if x.is_cuda and len({tuple(s) for s in shifts}) > 8:
+        if len({tuple(s) for s in shifts}) > 2:
+            # one gather for the whole batch; its backward is one scatter-add, where per-run
+            # rolls cost a zero-filled batch-sized gradient per slice (3x slower on the CPU)
             return Jitter._apply_gather(x, offsets)
         out: list[Tensor] = []
         start = 0
@@ -105,13 +116,16 @@ class Jitter:
 
     @staticmethod
     def _apply_gather(x: Tensor, offsets: Tensor) -> Tensor:
-        """The same rolls as two gathers (a few kernels instead of one roll per sample)."""
+        """The same rolls as one gather over the flattened pixels (a few kernels, any batch)."""
         b, c, h, w = x.shape
+        if x.is_cuda and offsets.device.type == "cpu":
+            offsets = offsets.pin_memory()  # an asynchronous copy: no wait for the device queue
         off = offsets.to(x.device, non_blocking=True)                                  # (B, 2)
         rows = (torch.arange(h, device=x.device).view(1, h) - off[:, :1]) % h          # (B, H)
         cols = (torch.arange(w, device=x.device).view(1, w) - off[:, 1:]) % w          # (B, W)
-        x = x.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w))
-        return x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))                   # (B, C, H, W)
+        flat = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w)              # (B, 1, H*W)
+        out = x.reshape(b, c, h * w).gather(2, flat.expand(b, c, h * w))               # (B, C, H*W)
+        return out.view(b, c, h, w)
 
     def __call__(self, x: Tensor, generator: torch.Generator, n_copies: int = 1) -> Tensor:
         """Sample and apply: ``x`` holds ``x.shape[0] // n_copies`` images' consecutive copies."""
@@ -221,6 +235,63 @@ class FeatureStreams:
         return cls(host=host, device=dev)
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """The splitmix64 finaliser: a bijective 64-bit mix (Steele et al. 2014)."""
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+#: the ``step`` of the initial image's draws (before step 0)
+INIT_STEP = -1
+
+
+def counter_seed(base: int, step: int, stream: int = 0) -> int:
+    """A 63-bit generator seed for ``(base, step, stream)``: ``base`` is one feature's seed
+    (:func:`stream_seeds`), ``step`` the optimizer step (:data:`INIT_STEP` for the initial
+    image), ``stream`` 0 = host, 1 = device. Pure: no state, any order."""
+    counter = ((int(step) + 1) << 1) | int(stream)
+    return _splitmix64((int(base) & _MASK64) ^ _splitmix64(counter)) >> 1
+
+
+class CounterStreams:
+    """Counter-based random streams of the K features of one run, keyed by (seed, feature, step).
+
+    ``host(i, step)`` / ``device(i, step)`` return a generator (CPU: jitter offsets; the run's
+    device: initial image, colour, noise, affine) freshly seeded with
+    :func:`counter_seed` of feature ``i``'s base seed. Seeding a generator is a host-side
+    operation (no device synchronisation); two generator objects are reused for every draw.
+    The numbers feature ``f`` gets at step ``t`` depend only on ``(seed, f, t)``: not on the
+    other features of the batch, the chunking, or the steps run before.
+    """
+
+    def __init__(self, seed: int, features: Sequence[int], device: torch.device | str = "cpu",
+                 mode: str = "mixed") -> None:
+        self.features = [int(f) for f in features]
+        self.seed = int(seed)
+        self.keys = [stream_seeds(seed, f, mode) for f in self.features]  # (host base, device base)
+        self.on = torch.device(device)
+        self._host = torch.Generator(device="cpu")
+        self._dev = torch.Generator(device=self.on)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def host(self, i: int, step: int) -> torch.Generator:
+        """The CPU generator of feature ``i`` (position in ``features``) at ``step``."""
+        self._host.manual_seed(counter_seed(self.keys[i][0], step, 0))
+        return self._host
+
+    def device(self, i: int, step: int) -> torch.Generator:
+        """The device generator of feature ``i`` at ``step`` (valid until the next call)."""
+        self._dev.manual_seed(counter_seed(self.keys[i][1], step, 1))
+        return self._dev
+
+
 class RandomAffine:
     """Random zoom, rotation and shift of each copy (bilinear ``grid_sample``, reflected borders).
 
@@ -294,8 +365,10 @@ class EnsembleAugment:
             return self.noise.sample(m * n, shape, std, s.device, device)
         return self.affine.sample(m * n, s.device, device)
 
-    def __call__(self, images: Tensor, streams: Sequence[FeatureStreams], step: int, steps: int,
-                 images_per_stream: int = 1) -> Tensor:
+    def __call__(self, images: Tensor, streams: Sequence[FeatureStreams] | CounterStreams, step: int,
+                 steps: int, images_per_stream: int = 1) -> Tensor:
+        """``images`` (P, C, H, W) -> (P * n, C, H, W). ``streams``: a :class:`CounterStreams`
+        (draws keyed by (seed, feature, step)) or one stateful :class:`FeatureStreams` per feature."""
         p, c, h, w = images.shape
         m, n = images_per_stream, self.n
         if p != len(streams) * m:
@@ -303,7 +376,12 @@ class EnsembleAugment:
         std = self.noise.std_at(step, steps) if self.noise is not None else 0.0
         active = [(name, t) for name, t in self.transforms if t is not None]
         drawn: dict[str, list] = {name: [] for name, _ in active}
-        for s in streams:  # per-feature draws: batching does not change any stream
+        counter = isinstance(streams, CounterStreams)
+        for i in range(len(streams)):  # per-feature draws: batching does not change any stream
+            if counter:
+                s = FeatureStreams(host=streams.host(i, step), device=streams.device(i, step))
+            else:
+                s = streams[i]
             for name, t in active:
                 drawn[name].append(self._draw(name, t, m, n, s, (c, h, w), std, images.device))
         x = images.repeat_interleave(n, dim=0)  # (P * n, C, H, W)

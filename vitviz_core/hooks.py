@@ -601,6 +601,9 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             of the same hook, so ``activations`` show edited values. Hooks that reshape
             (q/k/v split out of ``qkv``, Swin windows) cannot be edited. An edit may change the
             batch size of the residual stream (e.g. branch variants off a shared prefix).
+        copy: store a copy of each captured tensor (default). ``False`` stores the tensor the
+            module produced (no clone: saves a full activation copy per forward); safe when the
+            forward stops at the hook (``stop_early``), since no later op can modify it in place.
 
     After ``forward(x)``: ``activations[name]`` holds the tensor in the spec's layout, and
     ``specs[name]`` its :class:`HookSpec`, with ``grid``/``shape`` updated to ``x``'s size.
@@ -608,7 +611,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
 
     def __init__(self, model: Any, names: Sequence[str] | str = (), stop_early: bool = True,
                  detach: bool = True, unfused_attention: bool | None = None,
-                 edit: Mapping[str, EditFn] | None = None) -> None:
+                 edit: Mapping[str, EditFn] | None = None, copy: bool = True) -> None:
         if not isinstance(model, nn.Module):
             from .models import as_loaded
 
@@ -625,6 +628,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
         self.model = model
         self.stop_early = stop_early
         self.detach = detach
+        self.copy = copy
         info = _info(model)
         probe = _probe(model, info, info.default_size)
         self._targets: dict[str, Target] = {n: _target(model, info, n, probe) for n in self.names}
@@ -661,7 +665,10 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             if (self._batch is not None and not self.edit
                     and (v.ndim == 0 or v.shape[0] != self._batch)):
                 raise _batch_error(name, int(v.shape[0]) if v.ndim else None, self._batch, tuple(v.shape))
-            v = v.detach().clone() if self.detach else v.clone()
+            if self.detach:
+                v = v.detach()
+            if self.copy:
+                v = v.clone()
             self.activations[name] = v
             self._fired.add(name)
         if self.stop_early and path and len(self._fired) == len(self.names):

@@ -170,6 +170,8 @@ class LoadedModel:
     pretrained: bool  # False only for random init
     data_config: dict  # timm data config: input_size, mean, std, interpolation, crop_pct, crop_mode
     num_classes: int  # 0 for headless backbones
+    # (device, dtype, mean, std) -> (mean, std) tensors each (1, C, 1, 1): built once, so normalize copies nothing per call
+    _norm_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def weights_label(self) -> str:
@@ -179,8 +181,14 @@ class LoadedModel:
 
     def normalize(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W)`` pixels in [0, 1] -> model input (differentiable)."""
-        mean = torch.as_tensor(self.data_config["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.as_tensor(self.data_config["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        dc = self.data_config
+        key = (x.device, x.dtype, tuple(dc["mean"]), tuple(dc["std"]))
+        stats = self._norm_cache.get(key)
+        if stats is None:  # first call on this device/dtype: one host -> device copy, then cached
+            stats = tuple(torch.as_tensor(dc[k], dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
+                          for k in ("mean", "std"))
+            self._norm_cache[key] = stats
+        mean, std = stats  # (1, C, 1, 1) each
         return (x - mean) / std  # (B, 3, H, W)
 
     def eval_transform(self) -> Callable:

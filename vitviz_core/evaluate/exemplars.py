@@ -440,6 +440,21 @@ def _gather_maps(src: Tensor, rows: Tensor, ch: Tensor) -> Tensor:
     return src[rows, :, ch]  # (M, P)
 
 
+def _no_inplace_writes(module: torch.nn.Module, hooks: Sequence[str]) -> bool:
+    """True when the captured activations can be kept without a copy: one hook (the forward
+    stops right after it) or a timm VisionTransformer (its forward writes no tensor in place)
+    without in-place modules (``inplace=True`` activations, LayerScale, dropout)."""
+    if len(hooks) == 1:
+        return True
+    if any(getattr(m, "inplace", False) is True for m in module.modules()):
+        return False
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return False
+    return isinstance(module, VisionTransformer)
+
+
 def default_num_workers() -> int:
     """DataLoader workers for decoding: one fewer than the CPUs this process may use (the
     main process runs the model), at most 8."""
@@ -541,7 +556,8 @@ def find_exemplars(
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers,
                          pin_memory=dev.type == "cuda")
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp)
-    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True) as cap:
+    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True,
+                                                   copy=not _no_inplace_writes(module, hooks)) as cap:
         for batch in tqdm(loader, desc="exemplars", disable=not progress, leave=False):
             x, _, ids, _ = unpack_batch(batch, offset)
             offset += x.shape[0]
