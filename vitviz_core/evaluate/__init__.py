@@ -12,7 +12,7 @@ carries a :class:`~vitviz_core.evaluate.records.ResultRecord` (model, weights, d
 - :mod:`.frequency`    low-/high-pass robustness (Fig. 16)
 - :mod:`.probe`        linear probes for headless backbones (DINOv2)
 
-Plots of these results live in :mod:`vitviz_core.plot_eval`.
+Plots of these results live in :mod:`vitviz_core.plot.evaluation`.
 """
 
 from vitviz_core.evaluate.exemplars import (ExemplarResult, FeatureTopK, TopKState, activation_maps,

@@ -235,7 +235,7 @@ def sweep_figure(result: Any, paper: Mapping[int, float | None] | None = PAPER_C
     """The join/drop sweeps with 95 % CI bands (``plot_eval.join_layer_curves``), the
     one-way "CLS cannot see the patches" points with CI bars, and the paper's released
     CLS-join (grey squares) and patch-drop (grey triangles) values."""
-    from vitviz_core.plot_eval import join_layer_curves
+    from vitviz_core.plot.evaluation import join_layer_curves
 
     fig = join_layer_curves(result, k=k, title=title, size=(6.4, 3.8))
     ax = fig.axes[0]
