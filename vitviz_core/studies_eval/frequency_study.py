@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vitviz_core.evaluate.stats import Estimate, bootstrap_ci
-from vitviz_core.studies_eval.budget import _pct
+from vitviz_core.studies_eval.helpers import _pct
 from vitviz_core.studies_eval.cache import cached
 
 

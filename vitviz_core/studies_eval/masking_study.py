@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from vitviz_core.evaluate.stats import Estimate, bootstrap_ci, ratio_with_ci
-from vitviz_core.studies_eval.budget import _num, _pct, eval_subset
+from vitviz_core.studies_eval.helpers import _num, _pct, eval_subset
 from vitviz_core.studies_eval.cache import cached
 from vitviz_core.studies_eval.paper_numbers import PAPER_MASKING_LOGS, PAPER_TABLE2
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from vitviz_core.errors import DataError, VitvizError
 from vitviz_core.evaluate.stats import Estimate
-from vitviz_core.studies_eval.budget import _num, _pct, eval_subset
+from vitviz_core.studies_eval.helpers import _num, _pct, eval_subset
 from vitviz_core.studies_eval.cache import cached
 from vitviz_core.studies_eval.paper_numbers import PAPER_CLS_SWEEP, PAPER_DROP_SWEEP, PAPER_TABLE1
 
