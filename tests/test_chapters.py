@@ -266,3 +266,24 @@ def test_every_chapter_knob_is_a_profile_field():
     cpu, full = get_profile("cpu"), get_profile("full")
     assert cpu.token_table_images and full.token_table_images is None and full.token_dino and not cpu.token_dino
     assert len(full.low_cutoffs) > len(cpu.low_cutoffs) and "black" in cpu.masking_fills
+
+
+def test_show_skips_what_a_run_did_not_produce_and_explore_returns_the_static_figure(capsys):
+    import pandas as pd
+
+    from vitviz_core.chapters import ChapterResult
+
+    class Explorer:
+        def widget(self):
+            return "the widget"
+
+        def default_figure(self):
+            return "the static figure"
+
+    res = ChapterResult("x", "setting", None, values={"x_text": "*hello*"}, tables={"x_t": pd.DataFrame({"a": [1.234]})},
+                        widgets={"x_explorer": Explorer()})
+    res.show("x_text", "x_missing", "x_t")
+    out = capsys.readouterr().out
+    assert "Markdown" in out and "Styler" in out and "missing" not in out
+    assert res.explore("x_explorer") == "the static figure"
+    assert res.numbers() == {"x_text": "*hello*", "x_t": [{"index": 0, "a": 1.234}]}
