@@ -390,3 +390,19 @@ def test_cli_job_killed_with_sigkill_resumes(reference, toy_data, tmp_path):
     assert store_digest(out) == digest
     assert all(p.stat().st_mtime_ns == mtimes[p.name]  # finished records were not redone
                for p in out.glob("store/*/**/*.safetensors") if p.name in mtimes)
+
+
+def test_atlas_chapter_run_builds_the_site_and_every_glue_name(toy_data, tmp_path):
+    import re
+
+    from vitviz_core.chapters import atlas as chapter
+
+    res = chapter.run(SPEC, "cpu", out=tmp_path / "site", hooks="blocks.*.mlp.hook_post", features="0-1", steps=2,
+                      n_images=10, data=str(toy_data), k=2, show=("blocks.1.mlp.hook_post", 1), device="cpu")
+    text = (Path(__file__).resolve().parents[1] / "book" / "atlas.md").read_text()
+    used = set(re.findall(r"\{glue:text\}`(atlas_\w+)`", text)) | set(re.findall(r"```\{glue:figure\} (atlas_\w+)", text))
+    assert used and sorted(used - set(res.values) - set(res.figures)) == []
+    assert res.values["atlas_neurons"] == 4 and "2 steps" in res.values["atlas_setting"]
+    assert (tmp_path / "site" / "index.html").is_file()
+    with pytest.raises(VitvizError, match="unknown setting"):
+        chapter.run(SPEC, "cpu", out=tmp_path / "x", cpu_steps=3)

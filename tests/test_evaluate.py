@@ -1,4 +1,4 @@
-"""Tests of vitviz_core.evaluate and vitviz_core.plot_eval on tiny random models and
+"""Tests of vitviz_core.evaluate and vitviz_core.plot.evaluation on tiny random models and
 synthetic data with known answers."""
 
 from __future__ import annotations
@@ -515,7 +515,7 @@ def test_probe_head_plugs_into_token_mixing():
 def test_plot_helpers_return_figures(toy_folder, tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from vitviz_core import plot_eval
+    from vitviz_core.plot import evaluation as plot_eval
     from vitviz_core.data import ImageFolderDataset
 
     monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))

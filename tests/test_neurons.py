@@ -320,7 +320,7 @@ def test_robustness_sweep_on_tiny_models(tiny_vit):
 def test_plot_helpers_return_figures():
     from matplotlib.figure import Figure
 
-    from vitviz_core import plot_neurons as pn
+    from vitviz_core.plot import neurons as pn
 
     torch.manual_seed(0)
     img = torch.rand(3, 16, 16)

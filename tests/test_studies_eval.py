@@ -20,7 +20,6 @@ from vitviz_core import studies_eval as se
 from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.stats import Estimate
 from vitviz_core.evaluate.token_mixing import token_mixing_batch
-from vitviz_core.profiles import get_profile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -93,21 +92,6 @@ def test_cached_refuses_unfingerprintable_data(cache):
 
     with pytest.raises(VitvizError, match="fingerprint"):
         se.cached("x", lambda: 1, data=Opaque())
-
-
-# ----------------------------------------------------------------------------- budgets
-
-
-def test_images_and_cutoffs_follow_the_profile():
-    cpu, full = get_profile("cpu"), get_profile("full")
-    assert se.images_for(None, cpu, "masking") == se.CPU_IMAGES["masking"]
-    assert se.images_for(None, full, "masking") is None
-    assert se.images_for(17, full, "masking") == 17
-    with pytest.raises(VitvizError):
-        se.images_for(None, cpu, "nonsense")
-    assert se.cutoffs_for(None, cpu, "low") == [float(c) for c in se.CUTOFFS["cpu"]["low"]]
-    assert len(se.cutoffs_for(None, full, "low")) > len(se.cutoffs_for(None, cpu, "low"))
-    assert se.cutoffs_for([3, 5], cpu, "high") == [3.0, 5.0]
 
 
 # ----------------------------------------------------------------------------- token mixing

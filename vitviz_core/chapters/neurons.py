@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vitviz_core import plot_neurons as pn
+from vitviz_core.plot import neurons as pn
 from vitviz_core.chapters.result import ChapterResult
 from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.stats import bootstrap_ci

@@ -24,6 +24,7 @@ class ChapterResult:
     tables: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     widgets: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)   # the underlying study results, for benchmarks and tests
 
     def glue(self) -> None:
         """Publish every value, table and figure to the book with ``myst_nb.glue`` (asked for
@@ -34,9 +35,34 @@ class ChapterResult:
             for name, obj in group.items():
                 glue(name, obj, display=False)
 
+    def show(self, *names: str) -> None:
+        """Display the named tables (book style: no index), figures and texts (as Markdown), in
+        order; names this run did not produce are skipped (e.g. a section the profile leaves out)."""
+        from IPython.display import Markdown, display
+
+        from vitviz_core.studies_eval.helpers import styled
+
+        for name in names:
+            if name in self.tables:
+                display(styled(self.tables[name]))
+            elif name in self.figures:
+                display(self.figures[name])
+            elif name in self.values:
+                display(Markdown(str(self.values[name])))
+
+    def explore(self, name: str) -> Any:
+        """Display the interactive explorer ``name`` and return its static default figure (what
+        a built page without a kernel shows)."""
+        from IPython.display import display
+
+        explorer = self.widgets[name]
+        display(explorer.widget())
+        return explorer.default_figure()
+
     def numbers(self) -> dict[str, Any]:
         """The plain values and the tables as records, for benchmarks and JSON output."""
         out: dict[str, Any] = dict(self.values)
         for name, table in self.tables.items():
             out[name] = table.reset_index().to_dict(orient="records") if hasattr(table, "to_dict") else table
         return out
+

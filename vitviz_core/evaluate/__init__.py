@@ -15,7 +15,7 @@ carries a :class:`~vitviz_core.evaluate.records.ResultRecord` (model, weights, d
 - :mod:`.frequency`    low-/high-pass robustness (Fig. 16)
 - :mod:`.probe`        linear probes for headless backbones (DINOv2)
 
-Plots of these results live in :mod:`vitviz_core.plot_eval`.
+Plots of these results live in :mod:`vitviz_core.plot.evaluation`.
 """
 
 from vitviz_core.evaluate.common import (Correctness, SweepResult, evaluate_variants,

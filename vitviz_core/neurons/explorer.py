@@ -18,7 +18,7 @@ from torch import Tensor
 
 from vitviz_core.explorer import run_into_output
 from vitviz_core.neurons import level0, propagation
-from vitviz_core.plot_neurons import propagation_figure, stretch
+from vitviz_core.plot.neurons import propagation_figure, stretch
 
 __all__ = ["global_view_figure", "NeuronExplorer"]
 

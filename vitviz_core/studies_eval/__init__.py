@@ -21,7 +21,7 @@ two chapters need around them:
 Cache files are ``.npz`` archives (a JSON tree plus arrays, never pickle) under
 ``config.cache_dir()/studies``: reading one cannot run code (see ``cache``).
 
-Modules: ``paper_numbers``, ``cache``, ``budget`` (image subsets and budgets),
+Modules: ``paper_numbers``, ``cache``, ``helpers`` (image subsets, table style),
 ``token_study`` (Sec. 4), ``spatial_maps`` (Fig. 6), ``foreground``, ``masking_study``
 (Table 2), ``background`` (Fig. 9), ``frequency_study`` (Fig. 16), ``explorers``.
 """
@@ -34,12 +34,8 @@ from vitviz_core.studies_eval.background import (
     background_features,
     background_histogram,
 )
-from vitviz_core.studies_eval.budget import (
-    CPU_IMAGES,
-    CUTOFFS,
-    cutoffs_for,
+from vitviz_core.studies_eval.helpers import (
     eval_subset,
-    images_for,
     prefer_channels_last,
     short_source,
     styled,
@@ -106,8 +102,6 @@ __all__ = [
     'cached',
     'cache_key',
     'prefer_channels_last',
-    'CPU_IMAGES',
-    'images_for',
     'styled',
     'short_source',
     'eval_subset',
@@ -135,8 +129,6 @@ __all__ = [
     'masking_run',
     'table2_frame',
     'fills_frame',
-    'CUTOFFS',
-    'cutoffs_for',
     'BackgroundFeatures',
     'background_features',
     'background_feature_figure',

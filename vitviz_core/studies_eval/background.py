@@ -16,7 +16,7 @@ from torch import Tensor
 from vitviz_core.errors import DataError, VitvizError
 from vitviz_core.evaluate.common import model_device
 from vitviz_core.evaluate.stats import Estimate, ratio_with_ci
-from vitviz_core.plot import _to_hwc
+from vitviz_core.plot.images import to_hwc
 from vitviz_core.studies_eval.cache import cached
 
 
@@ -140,7 +140,7 @@ def background_feature_figure(bf: BackgroundFeatures, model: Any, pixels: Any, f
             ax.set_axis_off()
             if j >= len(items):
                 continue
-            ax.imshow(_to_hwc(x01[j]))
+            ax.imshow(to_hwc(x01[j]))
             ax.imshow(maps[j].numpy(), cmap="inferno", alpha=0.55, vmin=0, vmax=vmax)
             fg = fg_view[ids[j]].numpy()
             if fg.max() > 0.5 > fg.min():

@@ -18,8 +18,7 @@ from torch import Tensor
 from vitviz_core.evaluate.common import model_device
 from vitviz_core.explorer import run_into_output
 from vitviz_core.models import as_loaded
-from vitviz_core.plot import _to_hwc
-from vitviz_core.plot_eval import _upsample
+from vitviz_core.plot.images import to_hwc, upsample
 
 
 def _class(label: int) -> str:
@@ -53,10 +52,10 @@ def prediction_figure(panels: Sequence[Mapping[str, Any]], cell_inches: float = 
     for ax, p in zip(axes, panels):
         ax.set_axis_off()
         if p.get("image") is not None:
-            img = _to_hwc(p["image"])
+            img = to_hwc(p["image"])
             ax.imshow(img)
             if p.get("map") is not None:
-                m = _upsample(torch.as_tensor(p["map"]), img.shape[:2])
+                m = upsample(torch.as_tensor(p["map"]), img.shape[:2])
                 ax.imshow(m, cmap=p.get("cmap", "viridis"), alpha=0.6, vmin=0,
                           vmax=max(float(p.get("vmax", m.max())), 1e-6))
         if p.get("text"):

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vitviz_core.evaluate.stats import Estimate, bootstrap_ci
-from vitviz_core.studies_eval.budget import _pct
+from vitviz_core.studies_eval.helpers import _pct
 from vitviz_core.studies_eval.cache import cached
 
 
@@ -121,9 +121,9 @@ def frequency_frame(a: FrequencyStudy, b: FrequencyStudy, kind: str = "low", k: 
 
 
 def frequency_figure(studies: Sequence[FrequencyStudy], kind: str = "low", k: int = 1) -> Figure:
-    """Top-k against cut-off per model with 95 % bands (``plot_eval.frequency_curves``); for
+    """Top-k against cut-off per model with 95 % bands (``plot.evaluation.frequency_curves``); for
     high-pass curves the unfiltered accuracies are dashed lines."""
-    from vitviz_core.plot_eval import frequency_curves
+    from vitviz_core.plot.evaluation import frequency_curves
 
     results = {st.model: st.results[kind] for st in studies}
     fig = frequency_curves(results, kind, k, xlabel=f"{KIND_LABELS.get(kind, kind)} cut-off (cycles per image)")

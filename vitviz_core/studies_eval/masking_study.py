@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vitviz_core.evaluate.stats import Estimate, bootstrap_ci
-from vitviz_core.studies_eval.budget import _num, _pct, eval_subset
+from vitviz_core.studies_eval.helpers import _num, _pct, eval_subset
 from vitviz_core.studies_eval.cache import cached
 from vitviz_core.studies_eval.paper_numbers import PAPER_MASKING_LOGS, PAPER_TABLE2
 

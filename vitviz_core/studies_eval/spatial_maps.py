@@ -14,8 +14,8 @@ from torch import Tensor
 
 from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.stats import Estimate, bootstrap_ci
-from vitviz_core.plot import _to_hwc
-from vitviz_core.plot_eval import _upsample
+from vitviz_core.plot.images import to_hwc
+from vitviz_core.plot.images import upsample
 
 
 def top_feature_maps(model: Any, x: Tensor, hook: str, n: int = 2, stat: str = "max",
@@ -102,7 +102,7 @@ def depth_maps(model: Any, x: Tensor, blocks: Sequence[int], hook: str = "blocks
 
 def spread_figure(res: DepthMaps, title: str | None = None) -> Figure:
     """Spatial spread of the FFN activation mass by block, with its 95 % CI band."""
-    from vitviz_core.plot_eval import accuracy_curves
+    from vitviz_core.plot.evaluation import accuracy_curves
 
     fig = accuracy_curves({"FFN activations (mass-weighted)": (res.blocks, [res.spread[b] for b in res.blocks])},
                           xlabel="block", ylabel="spatial spread (%; 100 = uniform)", title=title,
@@ -126,12 +126,12 @@ def saliency_figure(images: Sequence[Tensor], maps: Tensor, titles: Sequence[Seq
     fig = Figure(figsize=(b * cell_inches, (n + 1) * (cell_inches + 0.2)))
     axes = fig.subplots(n + 1, b, squeeze=False)
     for j in range(b):
-        img = _to_hwc(images[j])
+        img = to_hwc(images[j])
         axes[0, j].imshow(img)
         if col_titles is not None:
             axes[0, j].set_title(col_titles[j], fontsize=7)
         for i in range(n):
-            m = _upsample(maps[j, i].clamp_min(0), img.shape[:2])
+            m = upsample(maps[j, i].clamp_min(0), img.shape[:2])
             axes[i + 1, j].imshow(img)
             axes[i + 1, j].imshow(m, cmap="inferno", alpha=alpha, vmin=0, vmax=max(float(m.max()), 1e-6))
             axes[i + 1, j].set_title(titles[j][i], fontsize=7)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from vitviz_core.errors import DataError, VitvizError
 from vitviz_core.evaluate.stats import Estimate
-from vitviz_core.studies_eval.budget import _num, _pct, eval_subset
+from vitviz_core.studies_eval.helpers import _num, _pct, eval_subset
 from vitviz_core.studies_eval.cache import cached
 from vitviz_core.studies_eval.paper_numbers import PAPER_CLS_SWEEP, PAPER_DROP_SWEEP, PAPER_TABLE1
 
@@ -210,10 +210,10 @@ def sweep_figure(result: Any, paper: Mapping[int, float | None] | None = PAPER_C
                  paper_model: str = "ViT-B/16", k: int = 1, title: str | None = None,
                  one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]] | None = None,
                  paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP) -> Figure:
-    """The join/drop sweeps with 95 % CI bands (``plot_eval.join_layer_curves``), the
+    """The join/drop sweeps with 95 % CI bands (``plot.evaluation.join_layer_curves``), the
     one-way "CLS cannot see the patches" points with CI bars, and the paper's released
     CLS-join (grey squares) and patch-drop (grey triangles) values."""
-    from vitviz_core.plot_eval import join_layer_curves
+    from vitviz_core.plot.evaluation import join_layer_curves
 
     fig = join_layer_curves(result, k=k, title=title, size=(6.4, 3.8))
     ax = fig.axes[0]
@@ -233,7 +233,7 @@ def sweep_figure(result: Any, paper: Mapping[int, float | None] | None = PAPER_C
         pts = sorted((v, y) for v, y in paper_drop.items() if y is not None and v <= result.depth)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", marker="^", ms=5, color="0.25",
                 label=f"paper {paper_model}, patches dropped from L (released logs)")
-    for t in ax.texts:  # the "natural" label of plot_eval: below its line, clear of the markers
+    for t in ax.texts:  # the "natural" label of plot.evaluation: below its line, clear of the markers
         t.set_x(result.depth / 2)
         t.set_verticalalignment("top")
     ax.set_xticks(range(result.depth + 1))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from vitviz_core.plot import _to_hwc
+from vitviz_core.plot.images import to_hwc
 
 __all__ = [
     "signed_to_rgb",
@@ -104,7 +104,7 @@ def level0_views_figure(image01: Any, view_maps: Any, neurons: Sequence[int], *,
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i == 0:
-            ax.imshow(_to_hwc(image01))
+            ax.imshow(to_hwc(image01))
             ax.set_title("image", fontsize=8)
         elif i < n:
             ax.imshow(signed_to_rgb(maps[i - 1]), interpolation="nearest")
@@ -199,7 +199,7 @@ def propagation_figure(image01: Any, maps: Any, layer_names: Sequence[str], *,
     fig = Figure(figsize=(n * cell_inches, rows * (cell_inches + 0.25)))
     axes = fig.subplots(rows, n, squeeze=False)
     scale = float(np.abs(m).max()) or 1.0
-    axes[0, 0].imshow(_to_hwc(image01))
+    axes[0, 0].imshow(to_hwc(image01))
     axes[0, 0].set_title("image", fontsize=8)
     for j in range(1, n):
         axes[0, j].imshow(signed_to_rgb(m[j - 1], scale), interpolation="nearest")

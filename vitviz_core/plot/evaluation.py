@@ -20,37 +20,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from vitviz_core.plot.images import image_array, upsample
+
 __all__ = ["overlay_activation", "exemplar_grid", "patch_accuracy_heatmap", "accuracy_curves",
            "frequency_curves", "join_layer_curves", "masking_bars"]
 
 
-def _image_array(image: Any) -> np.ndarray:
-    """PIL image, (3, H, W) / (H, W, 3) tensor or array in [0, 1] -> (H, W, 3) float array."""
-    if hasattr(image, "convert"):  # PIL
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    arr = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
-        arr = arr.transpose(1, 2, 0)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    return np.clip(arr, 0.0, 1.0)
-
-
-def _upsample(amap: Any, size: tuple[int, int]) -> np.ndarray:
-    t = torch.as_tensor(np.asarray(amap.detach().cpu() if isinstance(amap, torch.Tensor) else amap,
-                                   dtype=np.float32))
-    if t.dim() != 2:
-        raise ValueError(f"an activation map must be (H, W), got shape {tuple(t.shape)}")
-    if tuple(t.shape) != tuple(size):
-        t = torch.nn.functional.interpolate(t[None, None], size=size, mode="bilinear",
-                                            align_corners=False)[0, 0]
-    return t.numpy()
-
-
 def _draw_overlay(ax: Any, image: Any, amap: Any, alpha: float, cmap: str,
                   vmin: float | None, vmax: float | None) -> Any:
-    img = _image_array(image)
-    m = _upsample(amap, img.shape[:2])
+    img = image_array(image)
+    m = upsample(amap, img.shape[:2])
     ax.imshow(img, interpolation="bilinear")
     im = ax.imshow(m, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax, interpolation="bilinear")
     ax.set_axis_off()
@@ -106,7 +85,7 @@ def exemplar_grid(result: Any, hook: str, feature: int, stat: str = "mean", *, n
         if maps is not None:
             _draw_overlay(ax, img, maps[i], alpha, cmap, 0.0 if vmax and vmax > 0 else None, vmax)
         else:
-            ax.imshow(_image_array(img))
+            ax.imshow(image_array(img))
         idx, score = top[i]
         label = ""
         if class_names is not None and result.labels and result.labels[idx] >= 0:

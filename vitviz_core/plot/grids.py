@@ -1,4 +1,4 @@
-"""Figures shared by the book and the command line.
+"""Labelled grids of images, shared by the book and the command line.
 
 - :func:`feature_grid`: a labelled grid of images (feature visualizations, exemplars).
 - :func:`save_grid_png`: the same grid written to a PNG file.
@@ -16,21 +16,12 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from vitviz_core.plot.images import to_hwc
+
 __all__ = ["feature_grid", "save_grid_png", "wrap_label"]
-
-
-def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(3, H, W) or (H, W, 3) or (H, W) in [0, 1] -> float array (H, W, 3|1) clipped to [0, 1]."""
-    arr = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, float)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
-        arr = arr.transpose(1, 2, 0)  # (H, W, C)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    return np.clip(arr, 0.0, 1.0)
 
 
 def wrap_label(text: str, cell_inches: float, fontsize: float) -> str:
@@ -70,7 +61,7 @@ def feature_grid(images: torch.Tensor | Sequence, labels: Sequence[str] | None =
         ax.set_axis_off()
         if i >= n:
             continue
-        arr = _to_hwc(items[i])
+        arr = to_hwc(items[i])
         ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
         if wrapped is not None:
             ax.set_title(wrapped[i], fontsize=fontsize, pad=2, y=-0.01, va="top")
