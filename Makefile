@@ -65,6 +65,7 @@ test-notebooks: setup
 # Lint (ruff, configured in pyproject.toml); CI runs it after the tests.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/python benchmarks/optimizer.py

@@ -217,7 +217,7 @@ def test_masking_explorer_controls() -> None:
     c = ex.widget().controls
     c["button"].click()
     figs = [shown_png(c["output"])]
-    for name, value in (("fill", "mean"), ("cutoff", 2.0), ("image", 1)):
+    for name, value in (("fill", "dataset_mean"), ("cutoff", 2.0), ("image", 1)):
         c[name].value = value
         c["button"].click()
         figs.append(shown_png(c["output"]))
