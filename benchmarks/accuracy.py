@@ -95,7 +95,9 @@ def dinov2_error(samples, n_images: int, batch_size: int) -> None:
         return
     lm = models.load_model("dinov2-s14")
     proto = onnx.load(str(path))
-    proto.graph.output.append(onnx.helper.make_tensor_value_info(BACKBONE_OUTPUT, onnx.TensorProto.FLOAT, None))
+    proto.graph.output.append(
+        onnx.helper.make_tensor_value_info(BACKBONE_OUTPUT, onnx.TensorProto.FLOAT, None)
+    )
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     transform = lm.eval_transform()
     step = max(1, len(samples) // n_images)
@@ -150,9 +152,11 @@ def main(argv: list[str] | None = None) -> None:
             r = evaluate(variant, samples, args.batch_size, label)
             seconds = time.perf_counter() - start
             print(f"{label:<44} {fmt(r['top1'], r['n']):>22} {fmt(r['top5'], r['n']):>22}  {seconds:6.0f}")
-        print(f"  weights: {lm.weights_source}; data config: mean={tuple(round(m, 4) for m in lm.data_config['mean'])}"
-              f" std={tuple(round(s, 4) for s in lm.data_config['std'])} {lm.data_config['interpolation']}"
-              f" crop_pct={lm.data_config['crop_pct']}")
+        print(
+            f"  weights: {lm.weights_source}; data config: mean={tuple(round(m, 4) for m in lm.data_config['mean'])}"
+            f" std={tuple(round(s, 4) for s in lm.data_config['std'])} {lm.data_config['interpolation']}"
+            f" crop_pct={lm.data_config['crop_pct']}"
+        )
 
     if args.dinov2_images:
         dinov2_error(samples, args.dinov2_images, batch_size=16)

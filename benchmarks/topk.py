@@ -61,14 +61,24 @@ def _sync(dev: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="default vit-ti16 on CPU, vit_base_patch16_224 (random init) on CUDA")
+    ap.add_argument(
+        "--model", default=None, help="default vit-ti16 on CPU, vit_base_patch16_224 (random init) on CUDA"
+    )
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--data", default="imagenet-val-1300")
-    ap.add_argument("--images", type=int, default=None,
-                    help="images per pass, spread over the classes (default 640 on CPU, all 1300 on CUDA)")
-    ap.add_argument("--passes", type=int, default=None, help="passes over the images per timing (default 1 CPU, 8 CUDA)")
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images per pass, spread over the classes (default 640 on CPU, all 1300 on CUDA)",
+    )
+    ap.add_argument(
+        "--passes", type=int, default=None, help="passes over the images per timing (default 1 CPU, 8 CUDA)"
+    )
     ap.add_argument("--batch-size", type=int, default=None, help="default 32 on CPU, 256 on CUDA")
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: default_num_workers())")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers (default: default_num_workers())"
+    )
     ap.add_argument("--k", type=int, default=9)
     ap.add_argument("--hooks", default="blocks.{i}.mlp.hook_post", help="pattern, {i} over every block")
     ap.add_argument("--repeats", type=int, default=3)
@@ -103,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     workers = default_num_workers() if args.workers is None else args.workers
     amp = dev.type == "cuda"
     n = len(data)
-    print(f"model {lm.name} ({lm.weights_source}) on {dev}{' bf16 autocast' if amp else ''}; {len(base)} JPEGs of "
-          f"{args.data} x {passes} pass(es) = {n} images; batch {bs}; {workers} loader workers; "
-          f"{len(hooks)} hooks x 2 statistics, k={args.k}; torch threads {torch.get_num_threads()}; "
-          f"{os.cpu_count()} CPUs (shared machine: other processes may be running)")
+    print(
+        f"model {lm.name} ({lm.weights_source}) on {dev}{' bf16 autocast' if amp else ''}; {len(base)} JPEGs of "
+        f"{args.data} x {passes} pass(es) = {n} images; batch {bs}; {workers} loader workers; "
+        f"{len(hooks)} hooks x 2 statistics, k={args.k}; torch threads {torch.get_num_threads()}; "
+        f"{os.cpu_count()} CPUs (shared machine: other processes may be running)"
+    )
 
     def plain() -> float:
         _sync(dev)
@@ -122,8 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     def search() -> float:
         _sync(dev)
         t = time.perf_counter()
-        res = find_exemplars(lm, data, hooks, k=args.k, batch_size=bs, num_workers=workers, cache=False,
-                             progress=False, device=dev, amp=amp)
+        res = find_exemplars(
+            lm,
+            data,
+            hooks,
+            k=args.k,
+            batch_size=bs,
+            num_workers=workers,
+            cache=False,
+            progress=False,
+            device=dev,
+            amp=amp,
+        )
         _sync(dev)
         assert res.topk[hooks[-1]]["mean"].indices.shape[0] == min(args.k, n)
         return time.perf_counter() - t
@@ -131,18 +153,33 @@ def main(argv: list[str] | None = None) -> int:
     warm = torch.utils.data.Subset(base, range(min(bs, len(base))))  # allocator, kernels, hook-spec probe
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
         lm.model(torch.stack([base[i][0] for i in range(min(bs, len(base)))]).to(dev))
-    find_exemplars(lm, warm, hooks, k=args.k, batch_size=bs, num_workers=0, cache=False, progress=False,
-                   device=dev, amp=amp)
+    find_exemplars(
+        lm,
+        warm,
+        hooks,
+        k=args.k,
+        batch_size=bs,
+        num_workers=0,
+        cache=False,
+        progress=False,
+        device=dev,
+        amp=amp,
+    )
     t_plain, t_search = [], []
     for r in range(args.repeats):
         t_plain.append(plain())
         t_search.append(search())
-        print(f"repeat {r + 1}: plain {t_plain[-1]:.2f}s ({n / t_plain[-1]:.1f} img/s)  "
-              f"search {t_search[-1]:.2f}s ({n / t_search[-1]:.1f} img/s)", flush=True)
+        print(
+            f"repeat {r + 1}: plain {t_plain[-1]:.2f}s ({n / t_plain[-1]:.1f} img/s)  "
+            f"search {t_search[-1]:.2f}s ({n / t_search[-1]:.1f} img/s)",
+            flush=True,
+        )
     mp, ms = statistics.median(t_plain), statistics.median(t_search)
     paired = statistics.median(p / s for p, s in zip(t_plain, t_search))
-    print(f"median wall time of {args.repeats}: plain inference {mp:.2f}s ({n / mp:.1f} img/s); "
-          f"exemplar search {ms:.2f}s ({n / ms:.1f} img/s); ratio of medians {mp / ms:.3f}")
+    print(
+        f"median wall time of {args.repeats}: plain inference {mp:.2f}s ({n / mp:.1f} img/s); "
+        f"exemplar search {ms:.2f}s ({n / ms:.1f} img/s); ratio of medians {mp / ms:.3f}"
+    )
     # headline: median of the per-repeat ratios (each pair ran back to back under the same load)
     print(f"exemplar_throughput_ratio: {paired:.3f}")
     if dev.type == "cuda":

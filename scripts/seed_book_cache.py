@@ -31,7 +31,7 @@ def junit_times(path: Path) -> dict[str, float]:
     if not path.is_file():
         return times
     for case in ET.parse(path).iter("testcase"):
-        name = (case.get("file") or case.get("classname") or case.get("name") or "")
+        name = case.get("file") or case.get("classname") or case.get("name") or ""
         stem = Path(name.replace(".", "/") if not name.endswith(".ipynb") else name).stem
         if case.find("failure") is None and case.find("error") is None:
             times[Path(case.get("name", "")).stem or stem] = float(case.get("time", 0.0))
@@ -41,8 +41,9 @@ def junit_times(path: Path) -> dict[str, float]:
 
 def _read_chapter(chapter: Path) -> nbformat.NotebookNode:
     """The chapter as the book build reads it (myst-nb's reader), so hashes match."""
-    return read_myst_markdown_notebook(chapter.read_text(), MdParserConfig(),
-                                       add_source_map=True, path=chapter)
+    return read_myst_markdown_notebook(
+        chapter.read_text(), MdParserConfig(), add_source_map=True, path=chapter
+    )
 
 
 def stale(cache_dir: str, chapters: list[str]) -> int:
@@ -81,8 +82,13 @@ def main(argv: list[str]) -> int:
         seconds = times.get(chapter.stem)
         tmp = executed.with_suffix(".seed.ipynb")
         nbformat.write(source, tmp)
-        cache.cache_notebook_file(str(tmp), uri=str(chapter.resolve()), check_validity=False,
-                                  overwrite=True, data={"execution_seconds": seconds})
+        cache.cache_notebook_file(
+            str(tmp),
+            uri=str(chapter.resolve()),
+            check_validity=False,
+            overwrite=True,
+            data={"execution_seconds": seconds},
+        )
         print(f"seed: {chapter} cached ({seconds if seconds is not None else '?'} s)")
     return 0
 

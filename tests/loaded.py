@@ -12,7 +12,18 @@ def loaded(model: nn.Module, size: int = 32, name: str = "toy", num_classes: int
     """``model`` (used as it is: mode and grad flags untouched) as a LoadedModel fed ``size`` x ``size`` images
     normalised with mean = std = 0.5 (resize + center crop, bilinear, crop_pct 1)."""
     return LoadedModel(
-        model=model, name=name, arch="toy", weights_source="random init (test)", pretrained=False,
-        data_config={"input_size": (3, size, size), "interpolation": "bilinear", "mean": (0.5,) * 3,
-                     "std": (0.5,) * 3, "crop_pct": 1.0, "crop_mode": "center"},
-        num_classes=num_classes)
+        model=model,
+        name=name,
+        arch="toy",
+        weights_source="random init (test)",
+        pretrained=False,
+        data_config={
+            "input_size": (3, size, size),
+            "interpolation": "bilinear",
+            "mean": (0.5,) * 3,
+            "std": (0.5,) * 3,
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+        },
+        num_classes=num_classes,
+    )

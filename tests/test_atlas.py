@@ -28,8 +28,14 @@ from vitviz_core.errors import HookError, VitvizError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TINY = (("depth", 2), ("embed_dim", 32), ("img_size", 32), ("num_classes", 10), ("num_heads", 2),
-        ("patch_size", 8))
+TINY = (
+    ("depth", 2),
+    ("embed_dim", 32),
+    ("img_size", 32),
+    ("num_classes", 10),
+    ("num_heads", 2),
+    ("patch_size", 8),
+)
 SPEC = ModelSpec("vit_tiny_patch16_224", "random", TINY, init_seed=0)
 WNIDS = ("n01440764", "n01443537")  # ImageNet classes 0 and 1
 SETTINGS = dict(steps=4, n_augment=2, k=4, chunk=2, shard_size=10, batch_size=8)
@@ -70,7 +76,7 @@ def test_plan_is_fixed_by_the_job_not_the_workers(toy_data):
     assert job.hooks == ("blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post")
     assert job.features == ((0, 1, 2, 3), (0, 1, 2, 3)) and job.n_images == 24
     tasks = plan_phase1(job)
-    assert [t.kind for t in tasks].count("vis") == 4           # 2 hooks x 2 chunks of 2
+    assert [t.kind for t in tasks].count("vis") == 4  # 2 hooks x 2 chunks of 2
     assert [t.shard for t in tasks if t.kind == "exemplars"] == [(0, 10), (10, 20), (20, 24)]
     assert len({t.key for t in tasks}) == len(tasks)
     assert [t.key for t in plan_phase1(make_job(toy_data))] == [t.key for t in tasks]  # deterministic
@@ -90,11 +96,13 @@ def test_reference_run_writes_store_index_and_site(reference):
     assert len(records) == 4 + 3 + 1 + 4  # vis, shards, merged, maps
     lines = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and {(d["hook"], d["feature"]) for d in lines} == {
-        (h, f) for h in job.hooks for f in range(4)}
+        (h, f) for h in job.hooks for f in range(4)
+    }
     assert all(d["seed"] == 0 and d["recipe"] == "maco" and d["steps"] == 4 for d in lines)
     assert all("naturalness" in d["scores"] for d in lines)
-    assert all(d["scores"]["vis_activation"] is not None and d["scores"]["exemplar_mean"] is not None
-               for d in lines)
+    assert all(
+        d["scores"]["vis_activation"] is not None and d["scores"]["exemplar_mean"] is not None for d in lines
+    )
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.pkl"))
 
 
@@ -109,8 +117,9 @@ def test_activation_maps_agree_with_exemplar_scores(reference):
         arrays, record = store.read(task)
         for f in task.features:
             col = job.features_of(task.hook).index(f)
-            np.testing.assert_allclose(arrays[f"f{f:05d}/map_mean"], merged[task.hook]["values"][:, col],
-                                       rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(
+                arrays[f"f{f:05d}/map_mean"], merged[task.hook]["values"][:, col], rtol=1e-4, atol=1e-5
+            )
             assert len(record["result"]["exemplars"][str(f)]) == job.k
             values = merged[task.hook]["values"][:, col]
             assert np.all(np.diff(values) <= 0)  # best first
@@ -123,15 +132,24 @@ def test_sharded_exemplars_equal_unsharded(reference):
     store = ResultStore(out, job.weights_hash)
     merged = atlas_run.merge_exemplars(job, store, [t for t in plan_phase1(job) if t.kind == "exemplars"])
     loaded = SPEC.load()
-    whole = find_exemplars(loaded, job.data.dataset(loaded), hooks=list(job.hooks), k=job.k, stats=("mean",),
-                           batch_size=24, cache=False, progress=False)
+    whole = find_exemplars(
+        loaded,
+        job.data.dataset(loaded),
+        hooks=list(job.hooks),
+        k=job.k,
+        stats=("mean",),
+        batch_size=24,
+        cache=False,
+        progress=False,
+    )
     for hook, feats in zip(job.hooks, job.features):
         t = whole.topk[hook]["mean"]
         cols = list(feats)
         np.testing.assert_array_equal(merged[hook]["indices"], t.indices[:, cols].numpy())
         np.testing.assert_allclose(merged[hook]["values"], t.values[:, cols].numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(merged[hook]["maps"].astype(np.float32), t.maps[:, cols].float().numpy(),
-                                   rtol=1e-2, atol=1e-3)
+        np.testing.assert_allclose(
+            merged[hook]["maps"].astype(np.float32), t.maps[:, cols].float().numpy(), rtol=1e-2, atol=1e-3
+        )
 
 
 def test_rerun_does_nothing_and_starts_no_executor(reference, monkeypatch):
@@ -214,7 +232,7 @@ def test_site_pages_links_and_no_machine_paths(reference):
     imgs = re.findall(r'<img [^>]*src="([^"]+)"', page)
     assert len(imgs) == 1 + 2 * job.k  # visualization + k exemplars + k overlays
     assert "f00001.html" in page and "f00003.html" in page  # previous / next feature
-    assert "blocks.0.mlp.hook_post/f00002.html" in page     # same feature one layer below
+    assert "blocks.0.mlp.hook_post/f00002.html" in page  # same feature one layer below
     for src in imgs:
         with Image.open(out / "neurons" / "blocks.1.mlp.hook_post" / src) as im:
             assert im.size[0] >= 32 and np.asarray(im).std() > 0  # a real, non-blank image
@@ -234,11 +252,18 @@ def test_ray_executor_writes_the_same_store(reference, tmp_path):
 
 def test_neuron_scores_known_answers():
     s = neuron_scores(3.0, np.array([2.0, 1.0, 0.0]))
-    assert s == {"vis_activation": 3.0, "exemplar_mean": 1.0, "exemplar_top": 2.0, "activation_ratio": 3.0,
-                 "naturalness": None}
+    assert s == {
+        "vis_activation": 3.0,
+        "exemplar_mean": 1.0,
+        "exemplar_top": 2.0,
+        "activation_ratio": 3.0,
+        "naturalness": None,
+    }
     assert neuron_scores(3.0, None, 1.25)["naturalness"] == 1.25
     assert neuron_scores(3.0, None, float("nan"))["naturalness"] is None
-    assert neuron_scores(3.0, np.array([-1.0, -2.0]))["activation_ratio"] is None  # no ratio of a negative mean
+    assert (
+        neuron_scores(3.0, np.array([-1.0, -2.0]))["activation_ratio"] is None
+    )  # no ratio of a negative mean
     assert neuron_scores(None, None) == {k: None for k in s}
     assert neuron_scores(float("nan"), np.array([np.inf, 1.0]))["exemplar_mean"] == 1.0
 
@@ -260,16 +285,34 @@ def test_random_weights_are_the_same_in_every_worker():
 
 
 def cli(toy: Path, out: Path, *extra: str) -> list[str]:
-    return ["atlas", "--model", "vit_tiny_patch16_224", "--weights", "random", "--timm-kwargs",
-            json.dumps(dict(TINY)), "--data", str(toy), "--out", str(out), "--steps", "2", "--quiet", *extra]
+    return [
+        "atlas",
+        "--model",
+        "vit_tiny_patch16_224",
+        "--weights",
+        "random",
+        "--timm-kwargs",
+        json.dumps(dict(TINY)),
+        "--data",
+        str(toy),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--quiet",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("hooks, features, message", [
-    ("blocks.0.mlp.hook_postt", "0-3", "unknown hook"),
-    ("blocks.*.mlp.nothing", "0-3", "matches no hook"),
-    ("blocks.*.mlp.hook_post", "120-130", "out of range"),
-    ("blocks.*.mlp.hook_post", "3-1", "runs backwards"),
-])
+@pytest.mark.parametrize(
+    "hooks, features, message",
+    [
+        ("blocks.0.mlp.hook_postt", "0-3", "unknown hook"),
+        ("blocks.*.mlp.nothing", "0-3", "matches no hook"),
+        ("blocks.*.mlp.hook_post", "120-130", "out of range"),
+        ("blocks.*.mlp.hook_post", "3-1", "runs backwards"),
+    ],
+)
 def test_bad_hooks_and_features_are_one_line_errors(toy_data, tmp_path, capsys, hooks, features, message):
     assert main(cli(toy_data, tmp_path / "o", "--hooks", hooks, "--features", features)) == 2
     err = capsys.readouterr().err.strip()
@@ -294,15 +337,41 @@ def test_unwritable_output_folder(toy_data, tmp_path, capsys):
 
 
 def test_unreachable_ray_address(toy_data, tmp_path, capsys):
-    code = main(cli(toy_data, tmp_path / "o", "--hooks", "blocks.0.mlp.hook_post", "--features", "0",
-                    "--executor", "ray", "--address", "127.0.0.1:9"))
+    code = main(
+        cli(
+            toy_data,
+            tmp_path / "o",
+            "--hooks",
+            "blocks.0.mlp.hook_post",
+            "--features",
+            "0",
+            "--executor",
+            "ray",
+            "--address",
+            "127.0.0.1:9",
+        )
+    )
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the Ray cluster at 127.0.0.1:9" in err
-    assert main(cli(toy_data, tmp_path / "o", "--hooks", "blocks.0.mlp.hook_post", "--features", "0",
-                    "--address", "127.0.0.1:9")) == 2
+    assert (
+        main(
+            cli(
+                toy_data,
+                tmp_path / "o",
+                "--hooks",
+                "blocks.0.mlp.hook_post",
+                "--features",
+                "0",
+                "--address",
+                "127.0.0.1:9",
+            )
+        )
+        == 2
+    )
     assert "--address needs --executor ray" in capsys.readouterr().err
     with pytest.raises(VitvizError, match="host:port"):
         from vitviz_core.atlas.executors import check_address
+
         check_address("nonsense")
 
 
@@ -315,11 +384,17 @@ def test_site_in_headless_chromium(reference, tmp_path):
         pytest.skip("Debian's chromium is not installed (`make browser`)")
     sync_api = pytest.importorskip("playwright.sync_api")
     job, out, _, _ = reference
-    pages = [out / "index.html", out / "layers" / "blocks.0.mlp.hook_post.html",
-             out / "neurons" / "blocks.1.mlp.hook_post" / "f00002.html"]
+    pages = [
+        out / "index.html",
+        out / "layers" / "blocks.0.mlp.hook_post.html",
+        out / "neurons" / "blocks.1.mlp.hook_post" / "f00002.html",
+    ]
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         errors: list[str] = []
         for path in pages:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -367,8 +442,12 @@ def test_cli_job_killed_with_sigkill_resumes(reference, toy_data, tmp_path):
 
     job, _, _, digest = reference
     out = tmp_path / "atlas"
-    args = [sys.executable, "-m", "vitviz_core", *cli(toy_data, out, "--hooks", "blocks.*.mlp.hook_post",
-                                                      "--features", "0-3")]
+    args = [
+        sys.executable,
+        "-m",
+        "vitviz_core",
+        *cli(toy_data, out, "--hooks", "blocks.*.mlp.hook_post", "--features", "0-3"),
+    ]
     args[args.index("--steps") + 1] = "4"
     args += ["--n-augment", "2", "--k", "4", "--chunk", "2", "--shard-size", "10", "--batch-size", "8"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -388,8 +467,11 @@ def test_cli_job_killed_with_sigkill_resumes(reference, toy_data, tmp_path):
     for tmp in out.rglob("*.tmp"):
         tmp.unlink()
     assert store_digest(out) == digest
-    assert all(p.stat().st_mtime_ns == mtimes[p.name]  # finished records were not redone
-               for p in out.glob("store/*/**/*.safetensors") if p.name in mtimes)
+    assert all(
+        p.stat().st_mtime_ns == mtimes[p.name]  # finished records were not redone
+        for p in out.glob("store/*/**/*.safetensors")
+        if p.name in mtimes
+    )
 
 
 def test_atlas_chapter_run_builds_the_site_and_every_glue_name(toy_data, tmp_path):
@@ -397,10 +479,23 @@ def test_atlas_chapter_run_builds_the_site_and_every_glue_name(toy_data, tmp_pat
 
     from vitviz_core.chapters import atlas as chapter
 
-    res = chapter.run(SPEC, "cpu", out=tmp_path / "site", hooks="blocks.*.mlp.hook_post", features="0-1", steps=2,
-                      n_images=10, data=str(toy_data), k=2, show=("blocks.1.mlp.hook_post", 1), device="cpu")
+    res = chapter.run(
+        SPEC,
+        "cpu",
+        out=tmp_path / "site",
+        hooks="blocks.*.mlp.hook_post",
+        features="0-1",
+        steps=2,
+        n_images=10,
+        data=str(toy_data),
+        k=2,
+        show=("blocks.1.mlp.hook_post", 1),
+        device="cpu",
+    )
     text = (Path(__file__).resolve().parents[1] / "book" / "atlas.md").read_text()
-    used = set(re.findall(r"\{glue:text\}`(atlas_\w+)`", text)) | set(re.findall(r"```\{glue:figure\} (atlas_\w+)", text))
+    used = set(re.findall(r"\{glue:text\}`(atlas_\w+)`", text)) | set(
+        re.findall(r"```\{glue:figure\} (atlas_\w+)", text)
+    )
     assert used and sorted(used - set(res.values) - set(res.figures)) == []
     assert res.values["atlas_neurons"] == 4 and "2 steps" in res.values["atlas_setting"]
     assert (tmp_path / "site" / "index.html").is_file()

@@ -32,8 +32,15 @@ HTML = BOOK / "_build" / "html"
 SHOTS = BOOK / "_build" / "screenshots"
 # Pages that are prose and tables only; every other page must show a figure.
 TEXT_ONLY = {"book/intro", "book/status"}
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def toc_pages() -> list[str]:
@@ -70,7 +77,7 @@ def machine_paths() -> list[str]:
 # raw TeX left in visible text: $...$, $$...$$, \(...\), \[...\]
 RAW_TEX = re.compile(r"\$\$.+?\$\$|(?<![\w$])\$[^$\s][^$\n]*?\$(?![\w$])|\\\(.+?\\\)|\\\[.+?\\\]", re.S)
 # emoji that Debian's Chromium (no emoji font) shows as empty boxes, e.g. the status table's ✅
-EMOJI = re.compile("[\u2705\u274c\u2714\u2716\U0001F300-\U0001FAFF]")
+EMOJI = re.compile("[\u2705\u274c\u2714\u2716\U0001f300-\U0001faff]")
 # visible text of the page body without code (code cells may print dollars)
 TEXT_JS = """() => {
   const main = document.querySelector('main').cloneNode(true);
@@ -114,7 +121,8 @@ def test_page_renders(browser, page_name: str) -> None:
     assert title.strip(), f"{page_name}: no title"
     images = page.evaluate(
         "() => Array.from(document.querySelectorAll('main img')).map("
-        "i => ({src: i.src.split('/').pop(), ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}))")
+        "i => ({src: i.src.split('/').pop(), ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}))"
+    )
     broken = [i["src"] for i in images if not i["ok"]]
     assert not broken, f"{page_name}: images failed to load: {broken}"
     if page_name not in TEXT_ONLY:
@@ -129,13 +137,18 @@ def test_page_renders(browser, page_name: str) -> None:
     console_errors = [e for e in console_errors if "THEBE_JS_URL" not in e]
     assert not console_errors, f"{page_name}: JavaScript errors: {console_errors}"
     # formulas: typeset by the local MathJax copy, none left as raw TeX
-    mathjax = page.evaluate("() => Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s))")
-    assert all(src.startswith("file:") for src in mathjax), f"{page_name}: MathJax not served locally: {mathjax}"
+    mathjax = page.evaluate(
+        "() => Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s))"
+    )
+    assert all(src.startswith("file:") for src in mathjax), (
+        f"{page_name}: MathJax not served locally: {mathjax}"
+    )
     n_math = page.locator("main .math").count()
     if n_math:
         assert mathjax, f"{page_name}: {n_math} formulas but no MathJax script"
         page.wait_for_function(
-            "n => document.querySelectorAll('main mjx-container').length >= n", arg=n_math, timeout=20000)
+            "n => document.querySelectorAll('main mjx-container').length >= n", arg=n_math, timeout=20000
+        )
     visible = page.evaluate(TEXT_JS)
     boxes = sorted(set(EMOJI.findall(visible)))
     assert not boxes, f"{page_name}: emoji without a font on Debian render as empty boxes: {boxes}"

@@ -27,8 +27,16 @@ def _python(source: str) -> str:
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_code_cells_hold_no_def_class_or_loop(path):
-    banned = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.AsyncFor, ast.While,
-              ast.comprehension, ast.Lambda)
+    banned = (
+        ast.FunctionDef,
+        ast.AsyncFunctionDef,
+        ast.ClassDef,
+        ast.For,
+        ast.AsyncFor,
+        ast.While,
+        ast.comprehension,
+        ast.Lambda,
+    )
     for cell in _code_cells(path.read_text()):
         tree = ast.parse(_python(cell))
         found = sorted({type(node).__name__ for node in ast.walk(tree) if isinstance(node, banned)})
@@ -46,4 +54,6 @@ def test_chapter_has_at_most_80_code_lines_and_one_parameters_cell(path):
 def test_the_check_sees_a_loop():
     cell = "x = 1\nfor i in range(3):\n    x += i\n"
     assert any(isinstance(n, ast.For) for n in ast.walk(ast.parse(cell)))
-    assert _code_cells("```{code-cell} ipython3\n:tags: [x]\na = [i for i in b]\n```\n") == ["a = [i for i in b]"]
+    assert _code_cells("```{code-cell} ipython3\n:tags: [x]\na = [i for i in b]\n```\n") == [
+        "a = [i for i in b]"
+    ]

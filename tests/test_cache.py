@@ -32,9 +32,14 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
 def test_round_trip_of_per_image_results(cache_dir):
     from vitviz_core.evaluate.common import Correctness, SweepResult
 
-    corr = Correctness(labels=np.arange(4), indices=np.arange(4),
-                       correct={"clean": {1: np.array([True, False, True, True]), 5: np.ones(4, bool)}},
-                       predicted={"clean": np.array([0, 3, 2, 3])}, skipped={7: "bad.jpg"}, seconds=1.5)
+    corr = Correctness(
+        labels=np.arange(4),
+        indices=np.arange(4),
+        correct={"clean": {1: np.array([True, False, True, True]), 5: np.ones(4, bool)}},
+        predicted={"clean": np.array([0, 3, 2, 3])},
+        skipped={7: "bad.jpg"},
+        seconds=1.5,
+    )
     sweep = SweepResult(by_model={"vit": corr}, variants=["clean"], seconds={"vit": 1.5, "variants": 0.1})
     calls = []
 
@@ -84,8 +89,16 @@ def test_exemplar_search_uses_the_safe_cache(cache_dir):
     from vitviz_core.evaluate.exemplars import find_exemplars
 
     torch.manual_seed(0)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                          depth=1, embed_dim=16, num_heads=2, num_classes=4).eval()
+    m = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=1,
+        embed_dim=16,
+        num_heads=2,
+        num_classes=4,
+    ).eval()
     data = TensorDataset(torch.rand(5, 3, 32, 32), torch.zeros(5, dtype=torch.long), torch.arange(5))
     first = find_exemplars(m, data, hooks=["blocks.0.hook_resid_post"], k=2, progress=False)
     files = list((cache_dir / "exemplars").glob("*"))

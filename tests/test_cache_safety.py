@@ -82,14 +82,28 @@ def test_result_types_round_trip():
 
     est = Estimate(0.5, 0.4, 0.6, 100, "bootstrap")
     rec = ResultRecord(experiment="f", data={"n_images": 3, "n_skipped": 1}, duration_s=1.5)
-    fr = FrequencyResult(cutoffs=[4.0, math.inf], kinds=["low"], top1={"low": [est, est]}, natural_top1=est,
-                         record=rec)
-    tm = TokenMixingResult(depth=2, natural={1: est}, isolate={0: {1: est, 5: est}}, best_position=(1, 2),
-                           patch_map={1: np.arange(6.0).reshape(2, 3)})
+    fr = FrequencyResult(
+        cutoffs=[4.0, math.inf], kinds=["low"], top1={"low": [est, est]}, natural_top1=est, record=rec
+    )
+    tm = TokenMixingResult(
+        depth=2,
+        natural={1: est},
+        isolate={0: {1: est, 5: est}},
+        best_position=(1, 2),
+        patch_map={1: np.arange(6.0).reshape(2, 3)},
+    )
     torch.manual_seed(0)
     probe = LinearProbe(4, 3, "cls", 1)
-    value = {"fr": fr, "tm": tm, "maps": [np.zeros((2, 2), np.uint8)], "t": torch.arange(3, dtype=torch.bfloat16),
-             (1, 2): ("a", None, True), "probe": probe, "nan": float("nan"), "i": np.int64(7)}
+    value = {
+        "fr": fr,
+        "tm": tm,
+        "maps": [np.zeros((2, 2), np.uint8)],
+        "t": torch.arange(3, dtype=torch.bfloat16),
+        (1, 2): ("a", None, True),
+        "probe": probe,
+        "nan": float("nan"),
+        "i": np.int64(7),
+    }
     back = sc.loads(sc.dumps(value))
     assert back["fr"].top1["low"][0] == est and back["fr"].cutoffs[1] == math.inf
     assert back["fr"].record.data == {"n_images": 3, "n_skipped": 1}

@@ -19,7 +19,7 @@ from vitviz_core.errors import VitvizError
 pytest.importorskip("timm")
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
-WNIDS = ("n01440764", "n01443537")   # ImageNet classes 0 and 1
+WNIDS = ("n01440764", "n01443537")  # ImageNet classes 0 and 1
 
 
 def _write_folder(root: Path, per_class: int, seed: int) -> None:
@@ -29,9 +29,11 @@ def _write_folder(root: Path, per_class: int, seed: int) -> None:
     for k, wnid in enumerate(WNIDS):
         (root / wnid).mkdir(parents=True)
         for i in range(per_class):
-            img = rng.integers(0, 80, (48, 48, 3), dtype=np.uint8)            # dark textured background
+            img = rng.integers(0, 80, (48, 48, 3), dtype=np.uint8)  # dark textured background
             a, b = rng.integers(4, 20, 2)
-            img[a:a + 24, b:b + 24] = (200, 60 + 120 * k, 40) + rng.integers(0, 40, (24, 24, 3))  # the object
+            img[a : a + 24, b : b + 24] = (200, 60 + 120 * k, 40) + rng.integers(
+                0, 40, (24, 24, 3)
+            )  # the object
             Image.fromarray(img.astype(np.uint8)).save(root / wnid / f"im{i}.png")
 
 
@@ -44,8 +46,9 @@ class RedForeground(nn.Module):
 
 def _glue_names(chapter: str, prefix: str) -> set[str]:
     text = (BOOK / f"{chapter}.md").read_text()
-    return (set(re.findall(rf"\{{glue:text\}}`({prefix}_\w+)`", text))
-            | set(re.findall(rf"```\{{glue:figure\}} ({prefix}_\w+)", text)))
+    return set(re.findall(rf"\{{glue:text\}}`({prefix}_\w+)`", text)) | set(
+        re.findall(rf"```\{{glue:figure\}} ({prefix}_\w+)", text)
+    )
 
 
 def _shown_names(chapter: str) -> set[str]:
@@ -75,10 +78,18 @@ def _vit(depth: int = 4, seed: int = 0) -> object:
     from vitviz_core.models import load_model
 
     torch.manual_seed(seed)
-    model = load_model("vit_tiny_patch16_224", weights="random", img_size=32, patch_size=8, depth=depth,
-                       embed_dim=32, num_heads=2, num_classes=10)
+    model = load_model(
+        "vit_tiny_patch16_224",
+        weights="random",
+        img_size=32,
+        patch_size=8,
+        depth=depth,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=10,
+    )
     with torch.no_grad():
-        model.model.head.bias[0] += 5.0     # class 0 (half of the images) wins: accuracies are not all 0
+        model.model.head.bias[0] += 5.0  # class 0 (half of the images) wins: accuracies are not all 0
     return model
 
 
@@ -105,11 +116,17 @@ def test_token_mixing_produces_every_glue_name_and_its_numbers_hold(tm):
     assert sorted(_glue_names("token_mixing", "tm") - produced) == []
     assert _shown_names("token_mixing") - {"tm_dino_table1", "tm_dino_sweep_fig"} <= produced
     v = tm.values
-    assert (v["tm_depth"], v["tm_last"], v["tm_n_table"], v["tm_n_sweep"], v["tm_spread_n"]) == (4, 3, 8, 6, 8)
+    assert (v["tm_depth"], v["tm_last"], v["tm_n_table"], v["tm_n_sweep"], v["tm_spread_n"]) == (
+        4,
+        3,
+        8,
+        6,
+        8,
+    )
     for key in ("tm_nat1", "tm_iso1", "tm_pmean1", "tm_drop_last", "tm_blind_last", "tm_spread_last"):
         value, low, high = _interval(v[key])
         assert 0 <= low <= value <= high <= 100, key
-    assert v["tm_dino_text"].startswith("*Not run on the `cpu` profile.*")   # the cpu profile skips the probe
+    assert v["tm_dino_text"].startswith("*Not run on the `cpu` profile.*")  # the cpu profile skips the probe
     assert v["tm_cause_verdict"] and v["tm_blind_verdict"].startswith("so")
     # isolating CLS from block 0 is the natural network: the sweep's L = 0 equals natural accuracy
     sweep = tm.data["sweep"]
@@ -138,25 +155,39 @@ def vc(vit):
 
     cnn = load_model("tf_efficientnet_lite0", weights="random", num_classes=10)
     with torch.no_grad():
-        cnn.model.classifier.bias[0] += 50.0   # class 0 wins, as for the ViT
-    return vit_vs_cnn.run({"vit": vit, "cnn": cnn, "foreground": RedForeground()}, "cpu", n_masking=8,
-                          n_frequency=8, low_cutoffs=(4, 8), high_cutoffs=(8,), gauss_cutoffs=(4, 8), bg_layer=2,
-                          **FAST)
+        cnn.model.classifier.bias[0] += 50.0  # class 0 wins, as for the ViT
+    return vit_vs_cnn.run(
+        {"vit": vit, "cnn": cnn, "foreground": RedForeground()},
+        "cpu",
+        n_masking=8,
+        n_frequency=8,
+        low_cutoffs=(4, 8),
+        high_cutoffs=(8,),
+        gauss_cutoffs=(4, 8),
+        bg_layer=2,
+        **FAST,
+    )
 
 
 def test_vit_vs_cnn_produces_every_glue_name_and_its_numbers_hold(vc):
     produced = set(vc.values) | set(vc.figures) | set(vc.tables)
     assert sorted(_glue_names("vit_vs_cnn", "vc") - produced) == []
-    assert _shown_names("vit_vs_cnn") - {"vc_fills_table"} <= produced      # one fill: no fills table
+    assert _shown_names("vit_vs_cnn") - {"vc_fills_table"} <= produced  # one fill: no fills table
     v = vc.values
-    assert (v["vc_n_mask"], v["vc_n_freq"], v["vc_bg_layer"], v["vc_fill"], v["vc_mid"]) == (8, 8, 2, "black", "8")
+    assert (v["vc_n_mask"], v["vc_n_freq"], v["vc_bg_layer"], v["vc_fill"], v["vc_mid"]) == (
+        8,
+        8,
+        2,
+        "black",
+        "8",
+    )
     for key in ("vc_vit_full1", "vc_cnn_full1", "vc_vit_fg5n", "vc_cnn_bg5n"):
         value, low, high = _interval(v[key])
         assert low <= value <= high, key
     assert 0 <= int(v["vc_vit_above"]) <= 100 and 0 <= int(v["vc_bg_area"]) <= 100
-    assert v["vc_n_vit_feats"] <= 4 * 32                                     # FFN width of the tiny ViT
+    assert v["vc_n_vit_feats"] <= 4 * 32  # FFN width of the tiny ViT
     assert "other fills" in v["vc_fills_text"].lower()
-    assert len(vc.tables["vc_low_table"]) == 2 + 1 and len(vc.tables["vc_high_table"]) == 1 + 1   # + "none"
+    assert len(vc.tables["vc_low_table"]) == 2 + 1 and len(vc.tables["vc_high_table"]) == 1 + 1  # + "none"
     fig = vc.widgets["vc_explorer"].default_figure()
     assert fig.axes
 
@@ -169,9 +200,17 @@ def test_vit_vs_cnn_frequency_alone_skips_the_foreground_model(vit):
             raise AssertionError("the foreground model ran")
 
     other = _vit(depth=2, seed=2)
-    other.name = "second-vit"             # the tables name the two models' columns
-    res = vit_vs_cnn.run({"vit": vit, "cnn": other, "foreground": Exploding()}, "cpu", n_frequency=4,
-                         low_cutoffs=(4, 8), high_cutoffs=(8,), gauss_cutoffs=(8,), sections=("frequency",), **FAST)
+    other.name = "second-vit"  # the tables name the two models' columns
+    res = vit_vs_cnn.run(
+        {"vit": vit, "cnn": other, "foreground": Exploding()},
+        "cpu",
+        n_frequency=4,
+        low_cutoffs=(4, 8),
+        high_cutoffs=(8,),
+        gauss_cutoffs=(8,),
+        sections=("frequency",),
+        **FAST,
+    )
     assert res.values["vc_n_freq"] == 4 and "vc_table2" not in res.tables
     with pytest.raises(VitvizError, match="unknown section"):
         vit_vs_cnn.run({"vit": vit}, "cpu", sections=("masks",))
@@ -183,8 +222,9 @@ def test_vit_vs_cnn_frequency_alone_skips_the_foreground_model(vit):
 def test_language_supervision_without_clip(vit):
     from vitviz_core.chapters import language_supervision
 
-    res = language_supervision.run({"clip": None, "contrast": vit, "ssl": _vit(seed=1)}, "cpu", span_k=3,
-                                   eval_images=8, **FAST)
+    res = language_supervision.run(
+        {"clip": None, "contrast": vit, "ssl": _vit(seed=1)}, "cpu", span_k=3, eval_images=8, **FAST
+    )
     produced = set(res.values) | set(res.figures)
     assert sorted(_glue_names("language_supervision", "ls") - produced) == []
     v = res.values
@@ -212,13 +252,20 @@ def test_span_verdict_reads_the_intervals():
 def test_model_families_on_a_tiny_model(vit):
     from vitviz_core.chapters import model_families
 
-    res = model_families.run([vit], "cpu", families={"ViT": "vit_tiny_patch16_224"}, steps=2, n_augment=1,
-                             n_features=2, device="cpu")
+    res = model_families.run(
+        [vit],
+        "cpu",
+        families={"ViT": "vit_tiny_patch16_224"},
+        steps=2,
+        n_augment=1,
+        n_features=2,
+        device="cpu",
+    )
     assert sorted(_glue_names("model_families", "mf") - set(res.values) - set(res.figures)) == []
     table = res.tables["mf_hooks_table"]
     assert set(table["family"]) == {"ViT"} and table["hook"].str.startswith("blocks.0.").all()
     assert res.values["mf_n_families"] == 1 and res.values["mf_n_hooks"] > len(table)
-    assert res.values["mf_shown"] == f"{vit.name} (blocks.1.mlp.hook_post)"      # half-way: block 1 of 4
+    assert res.values["mf_shown"] == f"{vit.name} (blocks.1.mlp.hook_post)"  # half-way: block 1 of 4
     assert len(res.figures["mf_fig"].axes) >= 2
 
 
@@ -229,8 +276,16 @@ def test_model_families_on_a_tiny_model(vit):
 def fv(vit):
     from vitviz_core.chapters import feature_visualization
 
-    return feature_visualization.run({"vit": vit, "second": _vit(depth=2, seed=1)}, "cpu", layer=1, steps=2,
-                                     n_augment=1, n_features=2, pool_images=4, device="cpu")
+    return feature_visualization.run(
+        {"vit": vit, "second": _vit(depth=2, seed=1)},
+        "cpu",
+        layer=1,
+        steps=2,
+        n_augment=1,
+        n_features=2,
+        pool_images=4,
+        device="cpu",
+    )
 
 
 def test_feature_visualization_produces_every_glue_name(fv):
@@ -239,7 +294,7 @@ def test_feature_visualization_produces_every_glue_name(fv):
     assert _shown_names("feature_visualization") <= produced
     v = fv.values
     assert (v["fv_steps"], v["fv_augment"], v["fv_layer"], v["fv_profile_passes"]) == (2, 1, 1, 2)
-    assert v["fv_layers"] == "0, 1, 2, 3" and v["fv_dino_layers"] == "0"    # cpu: one late block of the second
+    assert v["fv_layers"] == "0, 1, 2, 3" and v["fv_dino_layers"] == "0"  # cpu: one late block of the second
     assert len(fv.tables["fv_ablation_table"]) == 5 and len(fv.tables["fv_qkv_table"]) == 4
     assert list(fv.tables["fv_cmp_table"]["recipe"]) == ["paper", "fourier", "maco"]
     assert fv.data["ablation"].images.shape == (5 * 2, 3, 32, 32)
@@ -249,8 +304,9 @@ def test_feature_visualization_produces_every_glue_name(fv):
 def test_feature_visualization_sections_and_errors(vit):
     from vitviz_core.chapters import feature_visualization
 
-    res = feature_visualization.run({"vit": vit}, "cpu", sections=("hooks",), steps=1, n_augment=1, features=[3], layer=1,
-                                    device="cpu")
+    res = feature_visualization.run(
+        {"vit": vit}, "cpu", sections=("hooks",), steps=1, n_augment=1, features=[3], layer=1, device="cpu"
+    )
     assert set(res.figures) == {"fv_qkv_fig"} and res.data["hooks"].labels[0].startswith("#3")
     with pytest.raises(VitvizError, match="unknown section"):
         feature_visualization.run({"vit": vit}, "cpu", sections=("depths",))
@@ -264,7 +320,9 @@ def test_every_chapter_knob_is_a_profile_field():
     for mod in (feature_visualization, token_mixing, vit_vs_cnn):
         assert set(mod.KNOBS.values()) <= fields, mod.__name__
     cpu, full = get_profile("cpu"), get_profile("full")
-    assert cpu.token_table_images and full.token_table_images is None and full.token_dino and not cpu.token_dino
+    assert (
+        cpu.token_table_images and full.token_table_images is None and full.token_dino and not cpu.token_dino
+    )
     assert len(full.low_cutoffs) > len(cpu.low_cutoffs) and "black" in cpu.masking_fills
 
 
@@ -280,8 +338,14 @@ def test_show_skips_what_a_run_did_not_produce_and_explore_returns_the_static_fi
         def default_figure(self):
             return "the static figure"
 
-    res = ChapterResult("x", "setting", None, values={"x_text": "*hello*"}, tables={"x_t": pd.DataFrame({"a": [1.234]})},
-                        widgets={"x_explorer": Explorer()})
+    res = ChapterResult(
+        "x",
+        "setting",
+        None,
+        values={"x_text": "*hello*"},
+        tables={"x_t": pd.DataFrame({"a": [1.234]})},
+        widgets={"x_explorer": Explorer()},
+    )
     res.show("x_text", "x_missing", "x_t")
     out = capsys.readouterr().out
     assert "Markdown" in out and "Styler" in out and "missing" not in out

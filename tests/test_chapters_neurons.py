@@ -17,7 +17,7 @@ from vitviz_core.errors import VitvizError
 pytest.importorskip("timm")
 
 BOOK = Path(__file__).resolve().parents[1] / "book" / "neurons.md"
-WNIDS = ("n01440764", "n01443537")   # ImageNet classes 0 and 1
+WNIDS = ("n01440764", "n01443537")  # ImageNet classes 0 and 1
 
 
 def _write_folder(root: Path, per_class: int, seed: int) -> None:
@@ -27,9 +27,11 @@ def _write_folder(root: Path, per_class: int, seed: int) -> None:
     for k, wnid in enumerate(WNIDS):
         (root / wnid).mkdir(parents=True)
         for i in range(per_class):
-            img = rng.integers(0, 80, (64, 64, 3), dtype=np.uint8)            # dark textured background
+            img = rng.integers(0, 80, (64, 64, 3), dtype=np.uint8)  # dark textured background
             a, b = rng.integers(8, 24, 2)
-            img[a:a + 32, b:b + 32] = (200, 60 + 120 * k, 40) + rng.integers(0, 40, (32, 32, 3))  # the object
+            img[a : a + 32, b : b + 32] = (200, 60 + 120 * k, 40) + rng.integers(
+                0, 40, (32, 32, 3)
+            )  # the object
             Image.fromarray(img.astype(np.uint8)).save(root / wnid / f"im{i}.png")
 
 
@@ -38,8 +40,18 @@ def _foreground(x01: torch.Tensor) -> torch.Tensor:
     return (x01[:, :1] > 0.6).float()
 
 
-OVERRIDES = dict(n_images=8, n_views=4, n_cluster=6, probe_test=8, probe_blocks=(0, 1), ratios=(0.25, 0.5),
-                 bootstrap=50, batch_size=4, device="cpu", image_index=1)
+OVERRIDES = dict(
+    n_images=8,
+    n_views=4,
+    n_cluster=6,
+    probe_test=8,
+    probe_blocks=(0, 1),
+    ratios=(0.25, 0.5),
+    bootstrap=50,
+    batch_size=4,
+    device="cpu",
+    image_index=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +64,16 @@ def setup(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("VITVIZ_DATA", str(data))
     # 56 px with 4 px patches: a 14 x 14 grid, as the chapter's g = 14 shuffle assumes
-    vit = load_model("vit_tiny_patch16_224", weights="random", img_size=56, patch_size=4, depth=2, embed_dim=32,
-                     num_heads=2, num_classes=10)
+    vit = load_model(
+        "vit_tiny_patch16_224",
+        weights="random",
+        img_size=56,
+        patch_size=4,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=10,
+    )
     cnn = load_model("tf_efficientnet_lite0", weights="random", num_classes=10)
     models = dict(vit=vit, cnn=cnn, second_vit=None, foreground=_foreground)
     yield models
@@ -69,7 +89,9 @@ def res(setup):
 
 def test_every_glue_name_of_the_chapter_is_produced(res):
     text = BOOK.read_text()
-    used = set(re.findall(r"\{glue:text\}`(nr_\w+)`", text)) | set(re.findall(r"```\{glue:figure\} (nr_\w+)", text))
+    used = set(re.findall(r"\{glue:text\}`(nr_\w+)`", text)) | set(
+        re.findall(r"```\{glue:figure\} (nr_\w+)", text)
+    )
     assert used, "the chapter's prose names no glue keys"
     produced = set(res.values) | set(res.figures) | set(res.tables)
     assert sorted(used - produced) == []
@@ -93,10 +115,13 @@ def test_counts_and_sizes_follow_the_inputs(res, setup):
 
 def test_tables_have_one_row_per_measured_thing(res):
     t = res.tables
-    assert len(t["nr_probe_table"]) == 1 + 2 + 1           # level 0, blocks 0 and 1, the CNN stem
-    assert len(t["nr_prop_table"]) == 2                     # one row per block
-    assert len(t["nr_robust_table"]) == 1 + 5 + 3 * 2       # clean, 5 shuffles, 3 modes x 2 ratios
-    assert list(t["nr_cluster_table"].columns) == ["vit_tiny_patch16_224, level 0", "vit_tiny_patch16_224, last block"]
+    assert len(t["nr_probe_table"]) == 1 + 2 + 1  # level 0, blocks 0 and 1, the CNN stem
+    assert len(t["nr_prop_table"]) == 2  # one row per block
+    assert len(t["nr_robust_table"]) == 1 + 5 + 3 * 2  # clean, 5 shuffles, 3 modes x 2 ratios
+    assert list(t["nr_cluster_table"].columns) == [
+        "vit_tiny_patch16_224, level 0",
+        "vit_tiny_patch16_224, last block",
+    ]
     assert set(t["nr_cue_table"]["filter class"]) <= {"colour", "edge", "texture", "flat"}
     assert t["nr_cue_table"]["filters"].sum() == res.values["nr_n_filters"]
 
@@ -108,12 +133,23 @@ def _interval(text: str) -> tuple[float, float, float]:
 
 def test_intervals_contain_their_estimates_and_shares_are_shares(res):
     v = res.values
-    for key in ("nr_probe_l0", "nr_probe_last", "nr_probe_cnn", "nr_pur_l0", "nr_pur_last", "nr_clean_vit",
-                "nr_clean_cnn", "nr_g14_vit", "nr_dist_first", "nr_dist_last", "nr_onobj_gap_first"):
+    for key in (
+        "nr_probe_l0",
+        "nr_probe_last",
+        "nr_probe_cnn",
+        "nr_pur_l0",
+        "nr_pur_last",
+        "nr_clean_vit",
+        "nr_clean_cnn",
+        "nr_g14_vit",
+        "nr_dist_first",
+        "nr_dist_last",
+        "nr_onobj_gap_first",
+    ):
         value, low, high = _interval(v[key])
         assert low <= value <= high, key
     for key in ("nr_pur_l0", "nr_pur_last"):
-        assert 0.5 <= _interval(v[key])[0] <= 1.0          # purity of two classes is at least the majority share
+        assert 0.5 <= _interval(v[key])[0] <= 1.0  # purity of two classes is at least the majority share
     rows = res.tables["nr_robust_rows"]
     assert ((rows["acc"] >= 0) & (rows["acc"] <= 1)).all()
     # occluding nothing more than the clean image cannot be undone: shuffle with one tile is the clean image
@@ -147,7 +183,9 @@ def test_numbers_are_json_and_a_section_alone_gives_the_same_values(res, setup):
 
     json.dumps(res.numbers(), default=str)
     alone = neurons.run(setup, "cpu", **OVERRIDES, sections=("level0",))
-    shared = [k for k in alone.values if k.startswith(("nr_count", "nr_edge", "nr_colour", "nr_lum", "nr_patch"))]
+    shared = [
+        k for k in alone.values if k.startswith(("nr_count", "nr_edge", "nr_colour", "nr_lum", "nr_patch"))
+    ]
     assert shared and all(alone.values[k] == res.values[k] for k in shared)
     assert "nr_probe_l0" not in alone.values and "nr_robust_fig" not in alone.figures
 
@@ -157,7 +195,7 @@ def test_bad_settings_are_clear_errors(setup):
     from vitviz_core.profiles import Profile
 
     fields = set(Profile.__dataclass_fields__)
-    assert set(neurons.KNOBS.values()) <= fields                # every chapter knob lives in Profile
+    assert set(neurons.KNOBS.values()) <= fields  # every chapter knob lives in Profile
     with pytest.raises(VitvizError, match="unknown setting"):
         neurons.run(setup, "cpu", n_imgs=3)
     with pytest.raises(VitvizError, match="unknown section"):
@@ -173,7 +211,9 @@ def test_real_models_level0_section():
     from vitviz_core.errors import DataError, WeightsUnavailableError
 
     try:
-        res = neurons.run({"second_vit": None}, "cpu", n_images=4, n_views=2, n_cluster=2, sections=("level0",))
+        res = neurons.run(
+            {"second_vit": None}, "cpu", n_images=4, n_views=2, n_cluster=2, sections=("level0",)
+        )
     except (WeightsUnavailableError, DataError) as exc:
         pytest.skip(f"shared weights/data not available: {exc}")
     v = res.values

@@ -288,7 +288,9 @@ def test_unreadable_file_permissions(tmp_path):
         out = _as_unprivileged(read_both)
         if out.startswith("PermissionError: [Errno 1]"):
             pytest.skip(f"cannot drop to an unprivileged user here ({out})")
-        assert "DataError: cannot read image" in out and "secret.png" in out and "permission denied" in out, out
+        assert "DataError: cannot read image" in out and "secret.png" in out and "permission denied" in out, (
+            out
+        )
         assert "None" in out and "skipped" in out, out
     finally:
         import shutil
@@ -335,12 +337,19 @@ def test_peak_memory_of_a_bomb_stays_under_1gb(tmp_path):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_bytes(30000, 30000))  # 900 Mpixel declared
     # the peak the image read adds above the peak of importing torch & co (~0.6-1.1 GB alone)
-    code = ("import resource, sys; from vitviz_core.images import load_image; "
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-            f"r = load_image({str(bomb)!r}, on_error='ignore'); "
-            "print(r, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import resource, sys; from vitviz_core.images import load_image; "
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        f"r = load_image({str(bomb)!r}, on_error='ignore'); "
+        "print(r, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     result, added_kb = out.stdout.split()
     assert result == "None" and int(added_kb) < 1_000_000, out.stdout + out.stderr
 
@@ -354,8 +363,8 @@ def test_jpeg_claiming_more_pixels_than_it_holds_is_an_error(tmp_path, factor, s
     good = _save(Image.fromarray(arr), tmp_path / "good.jpg", quality=90, subsampling=subsampling)
     data = bytearray(good.read_bytes())
     sof = data.find(b"\xff\xc0")
-    height, width = struct.unpack(">HH", data[sof + 5: sof + 9])
-    data[sof + 5: sof + 9] = struct.pack(">HH", height * factor[0], width * factor[1])
+    height, width = struct.unpack(">HH", data[sof + 5 : sof + 9])
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height * factor[0], width * factor[1])
     liar = tmp_path / "liar.jpg"
     liar.write_bytes(bytes(data))
     _expect_unreadable(liar, "declares")

@@ -35,8 +35,16 @@ WNID0, WNID1 = "n01440764", "n01443537"  # ImageNet classes 0 and 1
 
 def tiny_vit(depth: int = 2, seed: int = 0, num_classes: int = 10) -> nn.Module:
     torch.manual_seed(seed)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                          depth=depth, embed_dim=32, num_heads=2, num_classes=num_classes)
+    m = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=depth,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=num_classes,
+    )
     return m.eval().requires_grad_(False)
 
 
@@ -152,8 +160,15 @@ def test_filters_cut_a_known_frequency():
 
 
 def test_frequency_sweep_on_a_mean_colour_classifier(toy_folder):
-    res = fq.frequency_sweep(as_test_loaded(Brightness()), cutoffs=(0, 2, math.inf), kinds=("low", "high"),
-                             data_name="toy", data_root=toy_folder.parent, batch_size=3, progress=False)
+    res = fq.frequency_sweep(
+        as_test_loaded(Brightness()),
+        cutoffs=(0, 2, math.inf),
+        kinds=("low", "high"),
+        data_name="toy",
+        data_root=toy_folder.parent,
+        batch_size=3,
+        progress=False,
+    )
     # low-pass keeps the mean colour, and so does high_pass(keep_dc=True): nothing changes
     assert res.natural_top1.value == 1.0
     assert [e.value for e in res.top1["low"]] == [1.0, 1.0, 1.0]
@@ -188,9 +203,9 @@ def test_isolating_cls_at_depth_never_sees_patches():
         for blk in m.blocks:
             cls_alone = blk(cls_alone)
         alone = m.forward_head(m.norm(cls_alone))  # (1, K)
-    assert torch.allclose(a[3], b[3], atol=1e-6)          # patches never reach CLS
+    assert torch.allclose(a[3], b[3], atol=1e-6)  # patches never reach CLS
     assert torch.allclose(a[3], alone.expand_as(a[3]), atol=1e-5)
-    assert not torch.allclose(a[2], b[2], atol=1e-4)      # joined for the last block
+    assert not torch.allclose(a[2], b[2], atol=1e-4)  # joined for the last block
 
 
 def _reference_token_mixing(m: nn.Module, x: torch.Tensor, join: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,7 +252,7 @@ def test_dropping_patches_and_patch_head():
         out = tm.token_mixing_batch(m, x, join_layers=None, drop_layers=None, patch_head=True)
         ref = m(x)
         feats = m.forward_features(x)  # (B, 1+N, C), final-normed
-    assert torch.equal(out["drop"][2], ref)                       # drop after the last block = normal
+    assert torch.equal(out["drop"][2], ref)  # drop after the last block = normal
     assert torch.allclose(out["drop"][0], out["isolate"][2], atol=1e-6)  # CLS alone throughout
     assert out["patch"].shape == (3, 16, 10)
     assert torch.allclose(out["patch"], m.head(feats[:, 1:]), atol=1e-6)
@@ -301,8 +316,16 @@ def test_box_masks_follow_the_crop(toy_folder, tmp_path):
 def test_masking_experiment_known_answer(toy_folder, tmp_path):
     loaded = as_test_loaded(Brightness())
     csv = write_csv(tmp_path / "LOC_val_solution.csv", toy_folder, "0 0 39 39")
-    res = mk.masking_experiment([loaded], masks="boxes", boxes=csv, data_name="toy",
-                                data_root=toy_folder.parent, batch_size=3, n_boot=200, progress=False)
+    res = mk.masking_experiment(
+        [loaded],
+        masks="boxes",
+        boxes=csv,
+        data_name="toy",
+        data_root=toy_folder.parent,
+        batch_size=3,
+        n_boot=200,
+        progress=False,
+    )
     r = res["toy"]
     assert r.top1["full"].value == 1.0 and r.top1["foreground"].value == 1.0
     assert r.top1["background"].value == 0.5  # all black: every image looks dark (class 0)
@@ -310,8 +333,14 @@ def test_masking_experiment_known_answer(toy_folder, tmp_path):
     assert r.foreground_fraction == 1.0 and r.empty_masks == 0
     assert r.record.settings["fill"] == "black"
     # a callable mask source gives the same answer
-    res2 = mk.masking_experiment(loaded, masks=lambda x: torch.ones(x.shape[0], *x.shape[-2:], dtype=torch.bool),
-                                 data_name="toy", data_root=toy_folder.parent, n_boot=200, progress=False)
+    res2 = mk.masking_experiment(
+        loaded,
+        masks=lambda x: torch.ones(x.shape[0], *x.shape[-2:], dtype=torch.bool),
+        data_name="toy",
+        data_root=toy_folder.parent,
+        n_boot=200,
+        progress=False,
+    )
     assert res2["toy"].top1["background"].value == 0.5
 
 
@@ -323,8 +352,16 @@ def test_masking_with_a_foreground_model(toy_folder):
             return p
 
     loaded = as_test_loaded(Brightness())
-    res = mk.masking_experiment(loaded, masks="foreground", foreground_model=CentreBlob(), mode="box",
-                                data_name="toy", data_root=toy_folder.parent, n_boot=100, progress=False)
+    res = mk.masking_experiment(
+        loaded,
+        masks="foreground",
+        foreground_model=CentreBlob(),
+        mode="box",
+        data_name="toy",
+        data_root=toy_folder.parent,
+        n_boot=100,
+        progress=False,
+    )
     r = res["toy"]
     assert r.foreground_fraction == pytest.approx(8 * 12 / (32 * 32))
     assert r.top1["foreground"].value == 0.5  # a small bright box on black looks dark
@@ -359,7 +396,8 @@ def test_xml_boxes_are_rescaled_to_the_image_on_disk(toy_folder, tmp_path):
         (xml_dir / f"{f.stem}.xml").write_text(
             "<annotation><size><width>80</width><height>80</height></size><object><name>"
             f"{f.parent.name}</name><bndbox><xmin>0</xmin><ymin>0</ymin><xmax>39</xmax>"
-            "<ymax>79</ymax></bndbox></object></annotation>")
+            "<ymax>79</ymax></bndbox></object></annotation>"
+        )
     ds = mk.BoxMaskDataset(toy_folder, xml_dir, as_test_loaded(Brightness()).pixel_transform())
     mask = ds[0][3]
     assert mask[:, :15].all() and not mask[:, 17:].any()
@@ -394,8 +432,8 @@ def test_topk_finds_planted_images(tmp_path, monkeypatch):
     monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     x = torch.rand(20, 3, 32, 32) * 0.5
-    x[7] = 0.9                      # brightest image overall -> top by patch-mean
-    x[13, :, 8:16, 16:24] = 3.0     # one very bright patch (row 1, col 2) -> top by patch-max
+    x[7] = 0.9  # brightest image overall -> top by patch-mean
+    x[13, :, 8:16, 16:24] = 3.0  # one very bright patch (row 1, col 2) -> top by patch-max
     ds = TensorDataset(x, torch.zeros(20, dtype=torch.long), torch.arange(20))
     res = ex.find_exemplars(brightness_vit(), ds, ["hook_embed"], k=3, batch_size=6, progress=False)
     assert res.top("hook_embed", 0, "mean")[0][0] == 7
@@ -489,8 +527,9 @@ def test_linear_probe_fits_separable_features_and_heads_tokens():
     probe = pr.fit_linear_probe(feats, labels, num_classes=5, epochs=30, lr=0.1)
     assert (probe(feats).argmax(-1) == labels).all()
     assert probe.token_head(feats.view(8, 5, 16)).shape == (8, 5, 5)
-    soft = pr.fit_linear_probe(feats, torch.nn.functional.one_hot(labels, 5).float() * 10,
-                               num_classes=5, epochs=30, lr=0.1)
+    soft = pr.fit_linear_probe(
+        feats, torch.nn.functional.one_hot(labels, 5).float() * 10, num_classes=5, epochs=30, lr=0.1
+    )
     assert (soft(feats).argmax(-1) == labels).mean(dtype=torch.float) > 0.95
 
 
@@ -503,10 +542,10 @@ def test_probe_head_plugs_into_token_mixing():
     probe = pr.fit_linear_probe(feats, labels, num_classes=3, epochs=50)
     with pytest.raises(VitvizError):
         tm.patch_head_logits(m, x)  # no head
-    res = tm.token_mixing_experiment(m, ds, head=probe.head_for(m), token_head=probe.token_head,
-                                     n_boot=100, progress=False)
-    assert res.natural[1].value == pytest.approx(
-        (probe(feats).argmax(-1) == labels).float().mean().item())
+    res = tm.token_mixing_experiment(
+        m, ds, head=probe.head_for(m), token_head=probe.token_head, n_boot=100, progress=False
+    )
+    assert res.natural[1].value == pytest.approx((probe(feats).argmax(-1) == labels).float().mean().item())
 
 
 # ----------------------------------------------------------------------------- plots
@@ -520,8 +559,13 @@ def test_plot_helpers_return_figures(toy_folder, tmp_path, monkeypatch):
 
     monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
     loaded = as_test_loaded(tiny_vit(depth=1))
-    res = ex.find_exemplars(loaded, ImageFolderDataset(toy_folder, transform=loaded.eval_transform()),
-                            ["blocks.0.mlp.hook_post"], k=4, progress=False)
+    res = ex.find_exemplars(
+        loaded,
+        ImageFolderDataset(toy_folder, transform=loaded.eval_transform()),
+        ["blocks.0.mlp.hook_post"],
+        k=4,
+        progress=False,
+    )
     assert len(res.images("blocks.0.mlp.hook_post", 3)) == 4
 
     e = st.Estimate(0.5, 0.4, 0.6, 100, "bootstrap")
@@ -530,16 +574,19 @@ def test_plot_helpers_return_figures(toy_folder, tmp_path, monkeypatch):
         plot_eval.patch_accuracy_heatmap(np.random.rand(4, 4)),
         plot_eval.accuracy_curves({"a": ([1, 2, 4], [e, e, e])}, logx=True),
     ]
-    fr = fq.FrequencyResult(cutoffs=[1, 2, math.inf], kinds=["low"], top1={"low": [e, e, e]},
-                            top5={"low": [e, e, e]})
+    fr = fq.FrequencyResult(
+        cutoffs=[1, 2, math.inf], kinds=["low"], top1={"low": [e, e, e]}, top5={"low": [e, e, e]}
+    )
     figs.append(plot_eval.frequency_curves({"m": fr}))
-    mr = mk.MaskingResult(model="m", top5={c: e for c in mk.CONDITIONS},
-                          normalized_top5={"foreground": e, "background": e})
+    mr = mk.MaskingResult(
+        model="m", top5={c: e for c in mk.CONDITIONS}, normalized_top5={"foreground": e, "background": e}
+    )
     figs.append(plot_eval.masking_bars({"m": mr, "n": mr}, "normalized_top5"))
     tr = tm.TokenMixingResult(depth=2, natural={1: e}, isolate={0: {1: e}, 1: {1: e}}, drop={0: {1: e}})
     figs.append(plot_eval.join_layer_curves(tr))
-    figs.append(plot_eval.exemplar_grid(res, "blocks.0.mlp.hook_post", 3, "max",
-                                        transform=loaded.pixel_transform()))
+    figs.append(
+        plot_eval.exemplar_grid(res, "blocks.0.mlp.hook_post", 3, "max", transform=loaded.pixel_transform())
+    )
     assert all(isinstance(f, Figure) for f in figs)
 
 
@@ -566,10 +613,12 @@ def test_real_vit_token_mixing_matches_plain_accuracy():
     from vitviz_core.models import load_model
 
     lm = load_model("vit-ti16")
-    res = tm.token_mixing_experiment(lm, join_layers=[0, 12], drop_layers=[12], max_images=32,
-                                     n_boot=200, progress=False)
-    plain = evaluate_variants(lm, make_loader(pixel_dataset(lm, max_images=32)),
-                              lambda x, *_: {"x": x}, progress=False)
+    res = tm.token_mixing_experiment(
+        lm, join_layers=[0, 12], drop_layers=[12], max_images=32, n_boot=200, progress=False
+    )
+    plain = evaluate_variants(
+        lm, make_loader(pixel_dataset(lm, max_images=32)), lambda x, *_: {"x": x}, progress=False
+    )
     assert res.natural[1].value == pytest.approx(plain.accuracy("x", 1), abs=1 / 32)
     assert res.drop[12][1].value == res.natural[1].value
     assert res.isolate[12][1].value < 0.1  # CLS that never sees a patch knows nothing

@@ -18,8 +18,16 @@ from vitviz_core.evaluate.stats import accuracy_with_ci, ratio_with_ci, topk_cor
 def tiny_vit() -> torch.nn.Module:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                             depth=2, embed_dim=32, num_heads=2, num_classes=10).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=10,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,9 @@ def _reference(forward, batches, variant):
 
 
 def test_per_image_results_match_a_direct_forward(tiny_vit, batches):
-    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval()
     loaded = make_loaded(tiny_vit)
     res = common.evaluate_variants_many({"vit": loaded, "cnn": cnn}, batches, _variants, progress=False)
     assert res.variants == ["clean", "dark", "flip"] and set(res.by_model) == {"vit", "cnn"}
@@ -61,7 +71,8 @@ def test_per_image_results_match_a_direct_forward(tiny_vit, batches):
             assert corr.accuracy(v, 5) == float(hits[5].mean())
             assert corr.estimate(v, 1, n_boot=100) == accuracy_with_ci(hits[1], n_boot=100)
         assert corr.relative("dark", "clean", 5, n_boot=100) == ratio_with_ci(
-            corr.correct["dark"][5], corr.correct["clean"][5], n_boot=100)
+            corr.correct["dark"][5], corr.correct["clean"][5], n_boot=100
+        )
     assert res.correct["cnn"] is res.by_model["cnn"].correct
 
 
@@ -90,33 +101,54 @@ def test_masking_experiment_equals_the_direct_computation(tiny_vit, toy_pixels):
         y = torch.tensor([data[i][1] for i in range(len(data))])
         keep = center(x)
         with torch.inference_mode():
-            logits = {c: tiny_vit(loaded.normalize(v)) for c, v in
-                      (("full", x), ("foreground", mk.apply_mask(x, keep, fill)),
-                       ("background", mk.apply_mask(x, ~keep, fill)))}
+            logits = {
+                c: tiny_vit(loaded.normalize(v))
+                for c, v in (
+                    ("full", x),
+                    ("foreground", mk.apply_mask(x, keep, fill)),
+                    ("background", mk.apply_mask(x, ~keep, fill)),
+                )
+            }
         hits = {c: {k: t.numpy() for k, t in topk_correct(lg, y, (1, 5)).items()} for c, lg in logits.items()}
         for c in mk.CONDITIONS:
             assert r.top1[c] == accuracy_with_ci(hits[c][1], n_boot=200)
             assert r.top5[c] == accuracy_with_ci(hits[c][5], n_boot=200)
             np.testing.assert_array_equal(r.correctness.correct[c][5], hits[c][5])
-        assert r.normalized_top5["background"] == ratio_with_ci(hits["background"][5], hits["full"][5], n_boot=200)
+        assert r.normalized_top5["background"] == ratio_with_ci(
+            hits["background"][5], hits["full"][5], n_boot=200
+        )
         assert r.foreground_fraction == pytest.approx(0.25)
 
 
 def test_robustness_sweep_equals_the_direct_computation(tiny_vit, batches):
     from vitviz_core.neurons import robustness as rb
 
-    res = rb.robustness_sweep({"vit": tiny_vit}, batches, shuffle_grids=(1, 2),
-                              occlusions=[("random", 0.5, "black"), ("random", 0.5, "image_mean")],
-                              occlusion_grid=(4, 4), seed=3, progress=False)
-    assert res.variants == ["clean", "shuffle-g1", "shuffle-g2", "occlude-random-0.5-black",
-                            "occlude-random-0.5-image_mean"]
+    res = rb.robustness_sweep(
+        {"vit": tiny_vit},
+        batches,
+        shuffle_grids=(1, 2),
+        occlusions=[("random", 0.5, "black"), ("random", 0.5, "image_mean")],
+        occlusion_grid=(4, 4),
+        seed=3,
+        progress=False,
+    )
+    assert res.variants == [
+        "clean",
+        "shuffle-g1",
+        "shuffle-g2",
+        "occlude-random-0.5-black",
+        "occlude-random-0.5-image_mean",
+    ]
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
     idx = torch.arange(6)
     mask = rb.occlusion_mask(6, (4, 4), 0.5, "random", seed=3, indices=idx)
-    direct = {"clean": x, "shuffle-g2": rb.shuffle_patches(x, 2, seed=3, indices=idx),
-              "occlude-random-0.5-black": rb.occlude(x, mask, "black"),
-              "occlude-random-0.5-image_mean": rb.occlude(x, mask, "image_mean")}
+    direct = {
+        "clean": x,
+        "shuffle-g2": rb.shuffle_patches(x, 2, seed=3, indices=idx),
+        "occlude-random-0.5-black": rb.occlude(x, mask, "black"),
+        "occlude-random-0.5-image_mean": rb.occlude(x, mask, "image_mean"),
+    }
     norm = as_loaded(tiny_vit).normalize  # a bare timm module is fed timm's normalisation
     with torch.inference_mode():
         for v, xv in direct.items():

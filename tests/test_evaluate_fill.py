@@ -71,7 +71,11 @@ def test_apply_fill_and_names(x):
     hide[:, :4] = True
     out = fl.apply_fill(x, hide, "black")
     assert (out[:, :, :4] == 0).all() and torch.equal(out[:, :, 4:], x[:, :, 4:])
-    assert [fl.fill_name(f) for f in ("image_mean", 0.5, (0.1, 0.2, 0.3))] == ["image_mean", "0.5", "0.1_0.2_0.3"]
+    assert [fl.fill_name(f) for f in ("image_mean", 0.5, (0.1, 0.2, 0.3))] == [
+        "image_mean",
+        "0.5",
+        "0.1_0.2_0.3",
+    ]
 
 
 def test_masking_and_occlusion_use_the_same_fills(x):

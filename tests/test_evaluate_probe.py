@@ -18,7 +18,9 @@ def _sklearn_reference(train_x, train_y, test_x, test_y, C=1.0, max_iter=300, se
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_x)
-    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed).fit(scaler.transform(train_x), train_y)
+    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed).fit(
+        scaler.transform(train_x), train_y
+    )
     proba = clf.predict_proba(scaler.transform(test_x))
     k = min(5, proba.shape[1])
     top = clf.classes_[np.argsort(-proba, axis=1)[:, :k]]

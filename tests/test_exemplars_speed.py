@@ -19,13 +19,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def tiny_vit(depth: int = 2, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                          depth=depth, embed_dim=32, num_heads=2, num_classes=10)
+    m = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=depth,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=10,
+    )
     return m.eval().requires_grad_(False)
 
 
-def stream(ids: torch.Tensor, scores: torch.Tensor, maps: torch.Tensor, k: int, batch: int,
-           grid: tuple[int, int] = (2, 3)) -> ex.TopKState:
+def stream(
+    ids: torch.Tensor,
+    scores: torch.Tensor,
+    maps: torch.Tensor,
+    k: int,
+    batch: int,
+    grid: tuple[int, int] = (2, 3),
+) -> ex.TopKState:
     """A state fed ``scores[ids]`` (N, C) and ``maps[ids]`` (N, C, H, W) batch by batch."""
     st = ex.TopKState(k, scores.shape[1], grid)
     for i in range(0, len(ids), batch):
@@ -71,8 +85,9 @@ def test_merge_with_a_shard_smaller_than_k_and_from_results():
     whole = stream(ids, scores, maps, 5, 4).result()
     small = stream(ids[:2], scores, maps, 5, 4)  # 2 images < k
     rest = stream(ids[2:], scores, maps, 5, 4)
-    merged = ex.TopKState.from_topk(small.result(), k=5).merge(
-        ex.TopKState.from_topk(rest.result(), k=5)).result()
+    merged = (
+        ex.TopKState.from_topk(small.result(), k=5).merge(ex.TopKState.from_topk(rest.result(), k=5)).result()
+    )
     assert torch.equal(merged.indices, whole.indices) and torch.equal(merged.maps, whole.maps)
     only_small = ex.TopKState.from_topk(small.result(), k=5).result()
     assert only_small.values.shape == (2, 4)
@@ -120,8 +135,12 @@ def test_sync_free_update_equals_sparse_update(batch):
         for i in range(0, n, batch):
             ids = torch.arange(i, min(n, i + batch))
             xb = maps[ids]
-            ex.update_states(states, {s: v[ids] for s, v in scores.items()}, ids + 1000,
-                             lambda rows, ch, xb=xb: xb[rows, ch])
+            ex.update_states(
+                states,
+                {s: v[ids] for s, v in scores.items()},
+                ids + 1000,
+                lambda rows, ch, xb=xb: xb[rows, ch],
+            )
         out[sync_free] = {s: st.result() for s, st in states.items()}
     for s in scores:
         a, b = out[False][s], out[True][s]
@@ -147,8 +166,10 @@ def test_find_exemplars_identical_with_and_without_loader_workers(tmp_path, monk
     ds = ImageFolderDataset(tmp_path / "img", transform=_to_input)
     m = tiny_vit()
     hooks = ["blocks.0.mlp.hook_post", "blocks.1.hook_resid_post"]
-    res = {w: ex.find_exemplars(m, ds, hooks, k=3, batch_size=4, cache=False, progress=False,
-                                num_workers=w) for w in (0, 2)}
+    res = {
+        w: ex.find_exemplars(m, ds, hooks, k=3, batch_size=4, cache=False, progress=False, num_workers=w)
+        for w in (0, 2)
+    }
     for h in hooks:
         for stat in ("mean", "max"):
             a, b = res[0].topk[h][stat], res[2].topk[h][stat]
@@ -177,7 +198,9 @@ def test_map_pickers_agree_with_one_concatenated_tensor():
         want = whole[rows, :, ch]  # (M, P)
         for sync_free in (False, True):
             assert torch.equal(ex._picker(srcs, sync_free)(rows, ch), want)
-            assert torch.equal(ex._picker(srcs[:1], sync_free)(rows % 6, ch % 3), srcs[0][rows % 6, :, ch % 3])
+            assert torch.equal(
+                ex._picker(srcs[:1], sync_free)(rows % 6, ch % 3), srcs[0][rows % 6, :, ch % 3]
+            )
 
 
 def test_activations_kept_without_copy_give_the_copied_result(tmp_path, monkeypatch):
@@ -188,7 +211,9 @@ def test_activations_kept_without_copy_give_the_copied_result(tmp_path, monkeypa
     hooks = ["blocks.0.mlp.hook_post", "blocks.1.hook_resid_post"]
     assert ex._no_inplace_writes(m, hooks) and ex._no_inplace_writes(m, hooks[:1])
     resnet = timm.create_model("resnet18", pretrained=False, layers=[1, 1, 1, 1], num_classes=10)
-    assert not ex._no_inplace_writes(resnet, ["layer1", "layer2"]) and ex._no_inplace_writes(resnet, ["layer1"])
+    assert not ex._no_inplace_writes(resnet, ["layer1", "layer2"]) and ex._no_inplace_writes(
+        resnet, ["layer1"]
+    )
     ds = TensorDataset(torch.randn(13, 3, 32, 32), torch.zeros(13, dtype=torch.long), torch.arange(13))
     kw = dict(k=3, batch_size=4, cache=False, progress=False, num_workers=0)
     fast = ex.find_exemplars(m, ds, hooks, **kw)

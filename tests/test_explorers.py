@@ -28,8 +28,16 @@ pytest.importorskip("ipywidgets")
 
 def _tiny(depth: int):
     torch.manual_seed(depth)
-    return load_model("vit_tiny_patch16_224", weights="random", img_size=32, patch_size=8, depth=depth,
-                      embed_dim=32, num_heads=2, num_classes=10)
+    return load_model(
+        "vit_tiny_patch16_224",
+        weights="random",
+        img_size=32,
+        patch_size=8,
+        depth=depth,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=10,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +174,16 @@ def test_feature_explorer_shows_an_error_instead_of_losing_it(models, pool, monk
 
 def _vit(depth: int = 2) -> nn.Module:
     torch.manual_seed(0)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                          depth=depth, embed_dim=32, num_heads=2, num_classes=10)
+    m = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=depth,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=10,
+    )
     return m.eval().requires_grad_(False)
 
 
@@ -212,8 +228,9 @@ def test_masking_explorer_controls() -> None:
 
     fg = torch.zeros(3, 32, 32)  # (N, H, W) foreground probability
     fg[:, 8:24, 8:24] = 1
-    ex = se.MaskingExplorer({"a": loaded(_vit(1)), "b": loaded(_vit(2))}, _pixels(), fg,
-                            default=(0, "black", 16.0))
+    ex = se.MaskingExplorer(
+        {"a": loaded(_vit(1)), "b": loaded(_vit(2))}, _pixels(), fg, default=(0, "black", 16.0)
+    )
     c = ex.widget().controls
     c["button"].click()
     figs = [shown_png(c["output"])]

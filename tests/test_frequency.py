@@ -23,7 +23,7 @@ def test_gaussian_low_pass_halves_the_amplitude_at_the_cut_off():
     out = fq.low_pass(x, 5.0, window="gaussian")
     assert torch.allclose(out, 0.5 + 0.5 * (x - 0.5), atol=1e-5)  # amplitude x 1/2
     out = fq.low_pass(x, 10.0, window="gaussian")
-    assert torch.allclose(out, 0.5 + 2 ** -0.25 * (x - 0.5), atol=1e-5)  # 2^-(5/10)^2
+    assert torch.allclose(out, 0.5 + 2**-0.25 * (x - 0.5), atol=1e-5)  # 2^-(5/10)^2
 
 
 def test_gaussian_filters_keep_the_mean_and_complement_each_other():

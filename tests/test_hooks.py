@@ -17,8 +17,15 @@ import timm
 import torch
 
 from vitviz_core.errors import HookError, VitvizError
-from vitviz_core.hooks import (HookSpec, capture, default_input_size, list_hooks, model_family, resolve_hook,
-                               to_patch_maps)
+from vitviz_core.hooks import (
+    HookSpec,
+    capture,
+    default_input_size,
+    list_hooks,
+    model_family,
+    resolve_hook,
+    to_patch_maps,
+)
 
 _TINY_VIT = dict(depth=2, embed_dim=32, num_heads=2)
 
@@ -26,29 +33,97 @@ _TINY_VIT = dict(depth=2, embed_dim=32, num_heads=2)
 TINY = {
     "vit": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, num_classes=10, **_TINY_VIT)),
     "vit_rect": ("vit_tiny_patch16_224", dict(img_size=(32, 48), patch_size=8, num_classes=10, **_TINY_VIT)),
-    "deit_distilled": ("deit_tiny_distilled_patch16_224",
-                       dict(img_size=32, patch_size=8, num_classes=10, **_TINY_VIT)),
-    "dinov2_reg": ("vit_small_patch14_reg4_dinov2", dict(img_size=28, patch_size=7, num_classes=0, **_TINY_VIT)),
+    "deit_distilled": (
+        "deit_tiny_distilled_patch16_224",
+        dict(img_size=32, patch_size=8, num_classes=10, **_TINY_VIT),
+    ),
+    "dinov2_reg": (
+        "vit_small_patch14_reg4_dinov2",
+        dict(img_size=28, patch_size=7, num_classes=0, **_TINY_VIT),
+    ),
     "clip": ("vit_base_patch16_clip_224", dict(img_size=32, patch_size=8, num_classes=0, **_TINY_VIT)),
-    "convit": ("convit_tiny", dict(img_size=32, patch_size=8, depth=3, embed_dim=16, num_heads=2,
-                                   local_up_to_layer=2, num_classes=10)),
-    "pit": ("pit_ti_224", dict(img_size=48, patch_size=8, stride=4, base_dims=[8, 8, 8], depth=[1, 1, 1],
-                               heads=[1, 2, 2], num_classes=10)),
-    "pit_distilled": ("pit_ti_distilled_224", dict(img_size=48, patch_size=8, stride=4, base_dims=[8, 8, 8],
-                                                   depth=[1, 1, 1], heads=[1, 2, 2], num_classes=10)),
-    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=32, patch_size=4, window_size=4, embed_dim=16,
-                                                  depths=(2, 2), num_heads=(1, 2), num_classes=10)),
-    "coat": ("coat_lite_tiny", dict(img_size=32, embed_dims=[8, 16, 16, 16], serial_depths=[1, 1, 1, 1],
-                                    num_heads=2, crpe_window={3: 1, 5: 1}, mlp_ratios=[2, 2, 2, 2],
-                                    num_classes=10)),
-    "twins_pcpvt": ("twins_pcpvt_small", dict(img_size=32, embed_dims=[8, 16, 16, 16], depths=[1, 1, 1, 1],
-                                              num_heads=[1, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
-                                              sr_ratios=[4, 2, 1, 1], num_classes=10)),
-    "twins_svt": ("twins_svt_small", dict(img_size=64, embed_dims=[8, 16, 16, 16], depths=[2, 2, 2, 2],
-                                          num_heads=[1, 2, 2, 2], mlp_ratios=[2, 2, 2, 2], wss=[4, 4, 4, 4],
-                                          num_classes=10)),
-    "efficientnet": ("tf_efficientnet_lite0", dict(num_classes=10,
-                                                   pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))),
+    "convit": (
+        "convit_tiny",
+        dict(
+            img_size=32, patch_size=8, depth=3, embed_dim=16, num_heads=2, local_up_to_layer=2, num_classes=10
+        ),
+    ),
+    "pit": (
+        "pit_ti_224",
+        dict(
+            img_size=48,
+            patch_size=8,
+            stride=4,
+            base_dims=[8, 8, 8],
+            depth=[1, 1, 1],
+            heads=[1, 2, 2],
+            num_classes=10,
+        ),
+    ),
+    "pit_distilled": (
+        "pit_ti_distilled_224",
+        dict(
+            img_size=48,
+            patch_size=8,
+            stride=4,
+            base_dims=[8, 8, 8],
+            depth=[1, 1, 1],
+            heads=[1, 2, 2],
+            num_classes=10,
+        ),
+    ),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        dict(
+            img_size=32,
+            patch_size=4,
+            window_size=4,
+            embed_dim=16,
+            depths=(2, 2),
+            num_heads=(1, 2),
+            num_classes=10,
+        ),
+    ),
+    "coat": (
+        "coat_lite_tiny",
+        dict(
+            img_size=32,
+            embed_dims=[8, 16, 16, 16],
+            serial_depths=[1, 1, 1, 1],
+            num_heads=2,
+            crpe_window={3: 1, 5: 1},
+            mlp_ratios=[2, 2, 2, 2],
+            num_classes=10,
+        ),
+    ),
+    "twins_pcpvt": (
+        "twins_pcpvt_small",
+        dict(
+            img_size=32,
+            embed_dims=[8, 16, 16, 16],
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 2, 2, 2],
+            mlp_ratios=[2, 2, 2, 2],
+            sr_ratios=[4, 2, 1, 1],
+            num_classes=10,
+        ),
+    ),
+    "twins_svt": (
+        "twins_svt_small",
+        dict(
+            img_size=64,
+            embed_dims=[8, 16, 16, 16],
+            depths=[2, 2, 2, 2],
+            num_heads=[1, 2, 2, 2],
+            mlp_ratios=[2, 2, 2, 2],
+            wss=[4, 4, 4, 4],
+            num_classes=10,
+        ),
+    ),
+    "efficientnet": (
+        "tf_efficientnet_lite0",
+        dict(num_classes=10, pretrained_cfg_overlay=dict(input_size=(3, 64, 64))),
+    ),
     "resnet": ("resnet10t", dict(num_classes=10, pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))),
 }
 
@@ -85,12 +160,18 @@ EXPECTED: dict[str, dict[str, tuple[str, int, tuple[int, int] | None]]] = {
         "hook_logits": ("NC", 0, None),
     },
     "vit_rect": {"blocks.1.mlp.hook_post": ("NLC", 1, (4, 6)), "blocks.0.attn.hook_v": ("BHLD", 1, (4, 6))},
-    "deit_distilled": {"blocks.0.hook_resid_pre": ("NLC", 2, (4, 4)), "blocks.1.attn.hook_k": ("BHLD", 2, (4, 4))},
-    "dinov2_reg": {"blocks.0.mlp.hook_post": ("NLC", 5, (4, 4)), "blocks.1.hook_attn_out": ("NLC", 5, (4, 4))},
+    "deit_distilled": {
+        "blocks.0.hook_resid_pre": ("NLC", 2, (4, 4)),
+        "blocks.1.attn.hook_k": ("BHLD", 2, (4, 4)),
+    },
+    "dinov2_reg": {
+        "blocks.0.mlp.hook_post": ("NLC", 5, (4, 4)),
+        "blocks.1.hook_attn_out": ("NLC", 5, (4, 4)),
+    },
     "clip": {"blocks.0.hook_resid_pre": ("NLC", 1, (4, 4)), "blocks.1.mlp.hook_post": ("NLC", 1, (4, 4))},
     "convit": {
         "blocks.0.hook_resid_pre": ("NLC", 0, (4, 4)),
-        "blocks.1.mlp.hook_post": ("NLC", 0, (4, 4)),   # GPSA blocks: no CLS token yet
+        "blocks.1.mlp.hook_post": ("NLC", 0, (4, 4)),  # GPSA blocks: no CLS token yet
         "blocks.1.attn.hook_pattern": ("BHLL", 0, (4, 4)),
         "blocks.2.hook_resid_pre": ("NLC", 1, (4, 4)),  # CLS joins at local_up_to_layer = 2
         "blocks.2.mlp.hook_post": ("NLC", 1, (4, 4)),
@@ -104,8 +185,10 @@ EXPECTED: dict[str, dict[str, tuple[str, int, tuple[int, int] | None]]] = {
         "stages.2.blocks.0.hook_resid_post": ("NLC", 1, (3, 3)),
         "stages.1": ("NCHW", 0, (6, 6)),
     },
-    "pit_distilled": {"stages.2.blocks.0.mlp.hook_post": ("NLC", 2, (3, 3)),
-                      "stages.0.blocks.0.attn.hook_pattern": ("BHLL", 2, (11, 11))},
+    "pit_distilled": {
+        "stages.2.blocks.0.mlp.hook_post": ("NLC", 2, (3, 3)),
+        "stages.0.blocks.0.attn.hook_pattern": ("BHLL", 2, (11, 11)),
+    },
     "swin": {
         "hook_embed": ("NHWC", 0, (8, 8)),
         "stages.0.blocks.1.hook_resid_pre": ("NHWC", 0, (8, 8)),
@@ -127,13 +210,13 @@ EXPECTED: dict[str, dict[str, tuple[str, int, tuple[int, int] | None]]] = {
     "twins_pcpvt": {
         "stages.0.blocks.0.mlp.hook_post": ("NLC", 0, (8, 8)),
         "stages.0.blocks.0.attn.hook_q": ("BHLD", 0, (8, 8)),
-        "stages.0.blocks.0.attn.hook_k": ("BHLD", 0, (2, 2)),   # keys on the sr_ratio=4 sub-sampled grid
+        "stages.0.blocks.0.attn.hook_k": ("BHLD", 0, (2, 2)),  # keys on the sr_ratio=4 sub-sampled grid
         "stages.1.blocks.0.attn.hook_v": ("BHLD", 0, (2, 2)),
         "stages.3": ("NLC", 0, (1, 1)),
     },
     "twins_svt": {
         "stages.0.blocks.0.mlp.hook_post": ("NLC", 0, (16, 16)),
-        "stages.0.blocks.0.attn.hook_z": ("NLC", 0, (16, 16)),   # locally grouped attention
+        "stages.0.blocks.0.attn.hook_z": ("NLC", 0, (16, 16)),  # locally grouped attention
         "stages.0.blocks.1.attn.hook_q": ("BHLD", 0, (16, 16)),  # global sub-sampled attention
         "stages.1": ("NLC", 0, (8, 8)),
     },
@@ -143,15 +226,24 @@ EXPECTED: dict[str, dict[str, tuple[str, int, tuple[int, int] | None]]] = {
         "stages.6": ("NCHW", 0, (2, 2)),
         "hook_final": ("NCHW", 0, (2, 2)),
     },
-    "resnet": {"hook_embed": ("NCHW", 0, (16, 16)), "stages.0.blocks.0": ("NCHW", 0, (16, 16)),
-               "stages.3": ("NCHW", 0, (2, 2))},
+    "resnet": {
+        "hook_embed": ("NCHW", 0, (16, 16)),
+        "stages.0.blocks.0": ("NCHW", 0, (16, 16)),
+        "stages.3": ("NCHW", 0, (2, 2)),
+    },
 }
 
 # families that expose q/k/v (and, where listed, the attention pattern) on their first block
 QKV = {
-    "vit": "blocks.0", "deit_distilled": "blocks.0", "dinov2_reg": "blocks.0", "clip": "blocks.0",
-    "convit": "blocks.0", "pit": "stages.0.blocks.0", "swin": "stages.0.blocks.0",
-    "coat": "stages.0.blocks.0", "twins_pcpvt": "stages.0.blocks.0",
+    "vit": "blocks.0",
+    "deit_distilled": "blocks.0",
+    "dinov2_reg": "blocks.0",
+    "clip": "blocks.0",
+    "convit": "blocks.0",
+    "pit": "stages.0.blocks.0",
+    "swin": "stages.0.blocks.0",
+    "coat": "stages.0.blocks.0",
+    "twins_pcpvt": "stages.0.blocks.0",
 }
 PATTERN = {"vit", "deit_distilled", "dinov2_reg", "clip", "convit", "pit", "twins_pcpvt"}
 
@@ -168,8 +260,16 @@ def test_every_canonical_name_resolves_and_captures(key: str) -> None:
     # q/k/v where the attention module has them, FFN and residual names for every transformer
     if key in QKV:
         b = QKV[key]
-        for n in ("attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_pre", "mlp.hook_post", "mlp.hook_out",
-                  "hook_resid_pre", "hook_resid_post"):
+        for n in (
+            "attn.hook_q",
+            "attn.hook_k",
+            "attn.hook_v",
+            "mlp.hook_pre",
+            "mlp.hook_post",
+            "mlp.hook_out",
+            "hook_resid_pre",
+            "hook_resid_post",
+        ):
             assert f"{b}.{n}" in names, f"{b}.{n}"
         assert (f"{b}.attn.hook_pattern" in names) == (key in PATTERN)
 
@@ -205,17 +305,26 @@ def test_hierarchical_and_cnn_names_follow_stage_block_scheme() -> None:
     assert res["stages.2.blocks.0"].module_path == "layer3.0" and res["stages.3"].module_path == "layer4"
     vit = {s.name: s for s in list_hooks(tiny("vit"))}
     assert vit["blocks.1.mlp.hook_post"].module_path == "blocks.1.mlp.act"
-    assert [model_family(tiny(k)) for k in ("vit", "convit", "pit", "swin", "twins_svt", "coat", "resnet")] == [
-        "vit", "convit", "pit", "swin", "twins", "coat", "resnet"]
+    assert [
+        model_family(tiny(k)) for k in ("vit", "convit", "pit", "swin", "twins_svt", "coat", "resnet")
+    ] == ["vit", "convit", "pit", "swin", "twins", "coat", "resnet"]
 
 
 def test_depth_follows_forward_order() -> None:
     specs = list_hooks(tiny("vit"))
     depth = {s.name: s.depth for s in specs}
     assert [s.depth for s in specs] == sorted(s.depth for s in specs)
-    assert depth["hook_embed"] < depth["blocks.0.hook_resid_pre"] < depth["blocks.0.attn.hook_q"] \
-        < depth["blocks.0.mlp.hook_pre"] < depth["blocks.0.mlp.hook_post"] < depth["blocks.0.hook_resid_post"] \
-        < depth["blocks.1.hook_resid_pre"] < depth["hook_final"] < depth["hook_logits"]
+    assert (
+        depth["hook_embed"]
+        < depth["blocks.0.hook_resid_pre"]
+        < depth["blocks.0.attn.hook_q"]
+        < depth["blocks.0.mlp.hook_pre"]
+        < depth["blocks.0.mlp.hook_post"]
+        < depth["blocks.0.hook_resid_post"]
+        < depth["blocks.1.hook_resid_pre"]
+        < depth["hook_final"]
+        < depth["hook_logits"]
+    )
 
 
 def test_vit_qkv_pattern_z_result_are_consistent() -> None:
@@ -228,7 +337,7 @@ def test_vit_qkv_pattern_z_result_are_consistent() -> None:
     a = cap.activations
     q, k, v = a[f"{b}.hook_q"], a[f"{b}.hook_k"], a[f"{b}.hook_v"]
     assert q.shape == k.shape == v.shape == (2, 2, 17, 16)  # (B, heads, 1 + 4*4, d)
-    pattern = torch.softmax(q @ k.transpose(-2, -1) * 16 ** -0.5, dim=-1)
+    pattern = torch.softmax(q @ k.transpose(-2, -1) * 16**-0.5, dim=-1)
     assert torch.allclose(pattern, a[f"{b}.hook_pattern"], atol=1e-6)
     z = (pattern @ v).transpose(1, 2).reshape(2, 17, 32)
     assert torch.allclose(z, a[f"{b}.hook_z"], atol=1e-5)
@@ -253,8 +362,14 @@ def test_qkv_maps_merge_heads_into_channels() -> None:
 def test_convit_gpsa_and_mhsa_attention() -> None:
     model = tiny("convit")
     x = image("convit")
-    names = ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_v", "blocks.1.attn.hook_z",
-             "blocks.2.attn.hook_q", "blocks.2.attn.hook_k", "blocks.2.attn.hook_pattern"]
+    names = [
+        "blocks.1.attn.hook_pattern",
+        "blocks.1.attn.hook_v",
+        "blocks.1.attn.hook_z",
+        "blocks.2.attn.hook_q",
+        "blocks.2.attn.hook_k",
+        "blocks.2.attn.hook_pattern",
+    ]
     with capture(model, names) as cap:
         cap.forward(x)
     a = cap.activations
@@ -264,8 +379,9 @@ def test_convit_gpsa_and_mhsa_attention() -> None:
     # MHSA (after): plain softmax of q.k over CLS + 16 patches
     q, k = a["blocks.2.attn.hook_q"], a["blocks.2.attn.hook_k"]
     assert q.shape == (2, 2, 17, 16)  # ConViT's embed_dim is per head: 16 * 2 heads
-    assert torch.allclose(torch.softmax(q @ k.transpose(-2, -1) * 16 ** -0.5, -1), a["blocks.2.attn.hook_pattern"],
-                          atol=1e-6)
+    assert torch.allclose(
+        torch.softmax(q @ k.transpose(-2, -1) * 16**-0.5, -1), a["blocks.2.attn.hook_pattern"], atol=1e-6
+    )
     maps = to_patch_maps(a["blocks.1.attn.hook_v"], cap.specs["blocks.1.attn.hook_v"])  # no prefix to drop
     assert torch.equal(maps[:, 0], a["blocks.1.attn.hook_v"][:, 0, :, 0].reshape(2, 4, 4))
 
@@ -283,13 +399,16 @@ def test_prefix_tokens_are_dropped_in_patch_maps() -> None:
 def test_dinov2_layerscale_and_registers() -> None:
     model = tiny("dinov2_reg")
     b = "blocks.0"
-    with capture(model, [f"{b}.attn.hook_result", f"{b}.hook_attn_out", f"{b}.hook_resid_pre",
-                         f"{b}.hook_resid_mid"]) as cap:
+    with capture(
+        model, [f"{b}.attn.hook_result", f"{b}.hook_attn_out", f"{b}.hook_resid_pre", f"{b}.hook_resid_mid"]
+    ) as cap:
         cap.forward(image("dinov2_reg"))
     a = cap.activations
     gamma = model.blocks[0].ls1.gamma
     assert torch.allclose(a[f"{b}.hook_attn_out"], a[f"{b}.attn.hook_result"] * gamma, atol=1e-7)
-    assert torch.allclose(a[f"{b}.hook_resid_pre"] + a[f"{b}.hook_attn_out"], a[f"{b}.hook_resid_mid"], atol=1e-6)
+    assert torch.allclose(
+        a[f"{b}.hook_resid_pre"] + a[f"{b}.hook_attn_out"], a[f"{b}.hook_resid_mid"], atol=1e-6
+    )
     assert a[f"{b}.hook_resid_pre"].shape[1] == 1 + 4 + 16  # CLS + 4 registers + patches
 
 
@@ -307,8 +426,15 @@ def test_swin_qkv_are_unwindowed_into_image_order() -> None:
     b = "stages.0.blocks.1"  # shifted-window block (shift 2 on the 8x8 grid)
     blk = model.layers[0].blocks[1]
     assert any(blk.shift_size)
-    names = [f"{b}.hook_resid_pre", f"{b}.attn.hook_q", f"{b}.attn.hook_v", f"{b}.hook_attn_out",
-             f"{b}.hook_resid_mid", f"{b}.attn.hook_z", f"{b}.attn.hook_result"]
+    names = [
+        f"{b}.hook_resid_pre",
+        f"{b}.attn.hook_q",
+        f"{b}.attn.hook_v",
+        f"{b}.hook_attn_out",
+        f"{b}.hook_resid_mid",
+        f"{b}.attn.hook_z",
+        f"{b}.attn.hook_result",
+    ]
     with capture(model, names) as cap:
         cap.forward(image("swin"))
     a = cap.activations
@@ -325,12 +451,14 @@ def test_swin_qkv_are_unwindowed_into_image_order() -> None:
 def test_twins_gsa_keys_live_on_subsampled_grid() -> None:
     model = tiny("twins_pcpvt")
     b = "stages.0.blocks.0.attn"
-    with capture(model, [f"{b}.hook_q", f"{b}.hook_k", f"{b}.hook_v", f"{b}.hook_pattern", f"{b}.hook_z"]) as cap:
+    with capture(
+        model, [f"{b}.hook_q", f"{b}.hook_k", f"{b}.hook_v", f"{b}.hook_pattern", f"{b}.hook_z"]
+    ) as cap:
         cap.forward(image("twins_pcpvt"))
     a = cap.activations
     q, k, v = a[f"{b}.hook_q"], a[f"{b}.hook_k"], a[f"{b}.hook_v"]
     assert q.shape == (2, 1, 64, 8) and k.shape == v.shape == (2, 1, 4, 8)
-    pattern = torch.softmax(q @ k.transpose(-2, -1) * 8 ** -0.5, -1)
+    pattern = torch.softmax(q @ k.transpose(-2, -1) * 8**-0.5, -1)
     assert torch.allclose(pattern, a[f"{b}.hook_pattern"], atol=1e-6)
     assert to_patch_maps(k, cap.specs[f"{b}.hook_k"]).shape == (2, 8, 2, 2)
 
@@ -420,7 +548,9 @@ def test_hooks_removed_and_fused_attn_restored_after_exceptions() -> None:
 def test_gradients_flow_with_detach_false() -> None:
     model = tiny("swin")
     x = image("swin").requires_grad_(True)
-    with capture(model, ["stages.0.blocks.1.mlp.hook_post", "stages.0.blocks.1.attn.hook_q"], detach=False) as cap:
+    with capture(
+        model, ["stages.0.blocks.1.mlp.hook_post", "stages.0.blocks.1.attn.hook_q"], detach=False
+    ) as cap:
         cap.forward(x)
     act = cap.activations["stages.0.blocks.1.mlp.hook_post"]
     assert act.requires_grad
@@ -433,8 +563,15 @@ def test_gradients_flow_with_detach_false() -> None:
 
 def test_same_module_several_names_and_repeated_forwards() -> None:
     model = tiny("vit")
-    names = ["blocks.0", "blocks.0.hook_resid_post", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z",
-             "blocks.0.attn.hook_result", "blocks.0.attn.hook_v", "blocks.0.attn.qkv"]
+    names = [
+        "blocks.0",
+        "blocks.0.hook_resid_post",
+        "blocks.0.hook_resid_pre",
+        "blocks.0.attn.hook_z",
+        "blocks.0.attn.hook_result",
+        "blocks.0.attn.hook_v",
+        "blocks.0.attn.qkv",
+    ]
     with capture(model, names) as cap:
         cap.forward(image("vit", seed=1))
         first = dict(cap.activations)
@@ -490,7 +627,12 @@ def test_specs_follow_the_input_size_of_the_forward_pass() -> None:
     with capture(model, ["stages.3", "stages.0.blocks.0"]) as cap:
         cap.forward(torch.randn(1, 3, 128, 96))
     assert cap.specs["stages.3"].grid == (4, 3)
-    assert to_patch_maps(cap.activations["stages.0.blocks.0"], cap.specs["stages.0.blocks.0"]).shape == (1, 64, 32, 24)
+    assert to_patch_maps(cap.activations["stages.0.blocks.0"], cap.specs["stages.0.blocks.0"]).shape == (
+        1,
+        64,
+        32,
+        24,
+    )
     assert resolve_hook(model, "stages.3", input_size=(128, 128)).grid == (4, 4)
     assert math.prod(resolve_hook(model, "stages.3").grid) == 4  # default cache untouched
 
@@ -537,8 +679,9 @@ def test_mobilevit_objective_fails_clearly_not_raw() -> None:
     torch.manual_seed(0)
     model = timm.create_model("mobilevit_xxs", pretrained=False, img_size=64).eval()
     with pytest.raises(HookError, match="unknown layout"):
-        optimize_features(model, "stages.2.1.transformer.0.mlp.fc1", [0], steps=2, input_size=64,
-                          progress=False)
+        optimize_features(
+            model, "stages.2.1.transformer.0.mlp.fc1", [0], steps=2, input_size=64, progress=False
+        )
 
 
 class _FixedFold(torch.nn.Module):
@@ -562,12 +705,16 @@ def test_batch_dim_is_checked_at_capture_time() -> None:
 # interventions: capture(..., edit=) and the attention-mask hook
 # --------------------------------------------------------------------------------------------
 
+
 def test_identity_edits_leave_the_forward_pass_bit_for_bit() -> None:
     model, x = tiny("vit"), image("vit")
     with torch.no_grad():
         ref = model(x)
-        edits = {"blocks.0.hook_resid_pre": lambda t, s: t, "blocks.1.mlp.hook_post": lambda t, s: None,
-                 "blocks.1.attn.hook_mask": lambda m, s: m}
+        edits = {
+            "blocks.0.hook_resid_pre": lambda t, s: t,
+            "blocks.1.mlp.hook_post": lambda t, s: None,
+            "blocks.1.attn.hook_mask": lambda m, s: m,
+        }
         with capture(model, [], edit=edits) as cap:
             out = cap.forward(x)
     assert torch.equal(out, ref)
@@ -597,12 +744,15 @@ def test_hook_mask_cuts_attention_edges() -> None:
         mask[:, :, 0, 1:] = False
         return mask
 
-    with capture(model, ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_mask"],
-                 edit={"blocks.0.attn.hook_mask": cls_blind}) as cap:
+    with capture(
+        model,
+        ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_mask"],
+        edit={"blocks.0.attn.hook_mask": cls_blind},
+    ) as cap:
         cap.forward(x)
     pattern = cap.activations["blocks.0.attn.hook_pattern"]  # (B, heads, L, L)
     assert torch.allclose(pattern[:, :, 0, 0], torch.ones(()))  # CLS attends only to itself
-    assert (pattern[:, :, 1:, 0] > 0).all()                    # patches still see CLS
+    assert (pattern[:, :, 1:, 0] > 0).all()  # patches still see CLS
     assert not cap.activations["blocks.0.attn.hook_mask"][:, :, 0, 1:].any()
 
 
@@ -649,11 +799,19 @@ def test_capture_accepts_a_loaded_model() -> None:
 # stage names from timm's feature_info
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch,kwargs,family", [  # LeViT / EfficientFormer: attention biases fix 224 px
-    ("levit_128s", dict(num_classes=10), "levit"),
-    ("efficientformer_l1", dict(num_classes=10), "efficientformer"),
-    ("mobilevit_xxs", dict(num_classes=10, pretrained_cfg_overlay=dict(input_size=(3, 64, 64))), "mobilevit"),
-])
+
+@pytest.mark.parametrize(
+    "arch,kwargs,family",
+    [  # LeViT / EfficientFormer: attention biases fix 224 px
+        ("levit_128s", dict(num_classes=10), "levit"),
+        ("efficientformer_l1", dict(num_classes=10), "efficientformer"),
+        (
+            "mobilevit_xxs",
+            dict(num_classes=10, pretrained_cfg_overlay=dict(input_size=(3, 64, 64))),
+            "mobilevit",
+        ),
+    ],
+)
 def test_stage_names_come_from_feature_info(arch: str, kwargs: dict, family: str) -> None:
     torch.manual_seed(0)
     model = timm.create_model(arch, pretrained=False, **kwargs).eval()

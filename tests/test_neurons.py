@@ -15,12 +15,21 @@ from vitviz_core.neurons import clustering, level0, propagation, robustness
 def tiny_vit():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                          depth=2, embed_dim=32, num_heads=2, num_classes=10)
+    m = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=10,
+    )
     return m.eval()
 
 
 # ---------------------------------------------------------------- level 0
+
 
 def test_extract_stitch_roundtrip():
     x = torch.randn(2, 3, 24, 16)
@@ -65,10 +74,10 @@ def test_patch_embedding_rejects_non_vit():
 def test_filter_stats_known_filters():
     p = 8
     yy, xx = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
-    flat = torch.ones(3, p, p)                                       # luminance DC
+    flat = torch.ones(3, p, p)  # luminance DC
     colour = torch.stack([torch.ones(p, p), -torch.ones(p, p), torch.zeros(p, p)])  # red - green
-    edge = (xx >= p // 2).float().sub(0.5).expand(3, p, p)           # vertical step edge
-    texture = ((xx + yy) % 2).float().sub(0.5).expand(3, p, p)       # checkerboard (Nyquist)
+    edge = (xx >= p // 2).float().sub(0.5).expand(3, p, p)  # vertical step edge
+    texture = ((xx + yy) % 2).float().sub(0.5).expand(3, p, p)  # checkerboard (Nyquist)
     w = torch.stack([flat, colour, edge, texture])
     st = level0.filter_stats(w)
     assert st.labels == ["flat", "colour", "edge", "texture"]
@@ -76,8 +85,8 @@ def test_filter_stats_known_filters():
     assert st.colour_fraction[1] == pytest.approx(1.0)
     assert st.dc_fraction[0] == pytest.approx(1.0)
     assert st.mean_frequency[3] == pytest.approx(np.sqrt(0.5), rel=1e-6)  # (0.5, 0.5) cycles/px
-    assert st.coherence[2] == pytest.approx(1.0)                      # one orientation
-    assert st.orientation[2] == pytest.approx(0.0, abs=1e-9)          # gradient along x
+    assert st.coherence[2] == pytest.approx(1.0)  # one orientation
+    assert st.orientation[2] == pytest.approx(0.0, abs=1e-9)  # gradient along x
     assert st.counts() == {"colour": 1, "flat": 1, "edge": 1, "texture": 1}
     # pixel-space view: equal weights divided by unequal std become a colour filter
     assert level0.classify_filters(flat[None], std=[0.1, 1.0, 1.0]) == ["colour"]
@@ -114,8 +123,9 @@ def test_linear_probe_separable_vs_noise():
 def test_pooled_token_features_on_tiny_vit(tiny_vit):
     x = torch.randn(6, 3, 32, 32)
     batches = [(x[:3], torch.arange(3)), (x[3:], torch.arange(3, 6))]
-    feats, labels = level0.pooled_token_features(tiny_vit, batches, ["hook_embed", "blocks.1.hook_resid_post"],
-                                                 progress=False)
+    feats, labels = level0.pooled_token_features(
+        tiny_vit, batches, ["hook_embed", "blocks.1.hook_resid_post"], progress=False
+    )
     assert feats["hook_embed"].shape == (6, 32) and labels.tolist() == list(range(6))
     w, b, p = level0.patch_embedding(tiny_vit)
     expect = level0.neuron_responses(x, w, b).mean(1)  # (B, C): mean over patches
@@ -123,6 +133,7 @@ def test_pooled_token_features_on_tiny_vit(tiny_vit):
 
 
 # ---------------------------------------------------------------- propagation
+
 
 def test_rollout_identity_attention_leaves_views_unchanged():
     b, heads, npf, p = 2, 3, 1, 16
@@ -176,10 +187,11 @@ def test_capture_attention_on_tiny_vit(tiny_vit):
 
 # ---------------------------------------------------------------- clustering
 
+
 def test_purity_known_answers():
     true = np.array([0] * 50 + [1] * 50)
     assert clustering.purity(true, true) == 1.0
-    assert clustering.purity(1 - true, true) == 1.0            # label names do not matter
+    assert clustering.purity(1 - true, true) == 1.0  # label names do not matter
     assert clustering.purity(np.zeros(100, int), true) == 0.5  # one blob = majority share
     rng = np.random.default_rng(0)
     big = rng.integers(0, 2, 20000)
@@ -232,6 +244,7 @@ def test_capture_patch_tokens_on_tiny_vit(tiny_vit):
 
 # ---------------------------------------------------------------- robustness
 
+
 def test_shuffle_grid_one_is_identity_and_tiles_are_permuted():
     torch.manual_seed(0)
     x = torch.rand(3, 3, 32, 32)
@@ -247,8 +260,8 @@ def test_shuffle_grid_one_is_identity_and_tiles_are_permuted():
         for b in range(3):
             for k in range(gh * gw):
                 src = int(perm[b, k])
-                out = y[b, :, (k // gw) * th:(k // gw + 1) * th, (k % gw) * tw:(k % gw + 1) * tw]
-                inp = x[b, :, (src // gw) * th:(src // gw + 1) * th, (src % gw) * tw:(src % gw + 1) * tw]
+                out = y[b, :, (k // gw) * th : (k // gw + 1) * th, (k % gw) * tw : (k % gw + 1) * tw]
+                inp = x[b, :, (src // gw) * th : (src // gw + 1) * th, (src % gw) * tw : (src % gw + 1) * tw]
                 assert torch.equal(out, inp)
     # seeded per image index, independent of batching
     full = robustness.shuffle_patches(x, 4, seed=3, indices=[10, 11, 12])
@@ -292,11 +305,19 @@ def test_robustness_sweep_on_tiny_models(tiny_vit):
     # its timm data config, as models.as_loaded says)
     y = tiny_vit(as_loaded(tiny_vit).normalize(x)).argmax(-1)
     loader = [(x[:2], y[:2], torch.arange(2)), (x[2:], y[2:], torch.arange(2, 4))]
-    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval()
     res = robustness.robustness_sweep(
-        {"vit": tiny_vit, "cnn": cnn}, loader, shuffle_grids=(1, 4), occlusion_ratios=(0.0, 1.0),
-        occlusion_modes=("random", "most"), occlusion_grid=(4, 4),
-        saliency_fn=lambda x01, idx: robustness.cls_attention_saliency(tiny_vit, x01), progress=False)
+        {"vit": tiny_vit, "cnn": cnn},
+        loader,
+        shuffle_grids=(1, 4),
+        occlusion_ratios=(0.0, 1.0),
+        occlusion_modes=("random", "most"),
+        occlusion_grid=(4, 4),
+        saliency_fn=lambda x01, idx: robustness.cls_attention_saliency(tiny_vit, x01),
+        progress=False,
+    )
     assert res.variants[:3] == ["clean", "shuffle-g1", "shuffle-g4"]
     assert res.correct["vit"]["clean"][1].all()
     for m in ("vit", "cnn"):
@@ -309,13 +330,19 @@ def test_robustness_sweep_on_tiny_models(tiny_vit):
     occ = [r for r in rows if r["variant"] == "occlude-most-1-black"]
     assert occ and occ[0]["mode"] == "most" and occ[0]["param"] == 1.0 and occ[0]["fill"] == "black"
     # an explicit occlusion list with a colour fill
-    res2 = robustness.robustness_sweep({"vit": tiny_vit}, loader, shuffle_grids=(),
-                                       occlusions=[("random", 0.5, (0.1, 0.2, 0.3))],
-                                       occlusion_grid=(4, 4), progress=False)
+    res2 = robustness.robustness_sweep(
+        {"vit": tiny_vit},
+        loader,
+        shuffle_grids=(),
+        occlusions=[("random", 0.5, (0.1, 0.2, 0.3))],
+        occlusion_grid=(4, 4),
+        progress=False,
+    )
     assert res2.variants == ["clean", "occlude-random-0.5-0.1_0.2_0.3"]
 
 
 # ---------------------------------------------------------------- figures
+
 
 def test_plot_helpers_return_figures():
     from matplotlib.figure import Figure
@@ -328,17 +355,58 @@ def test_plot_helpers_return_figures():
     st = level0.filter_stats(w)
     views = torch.stack([level0.level0_view_map(img, w, c) for c in (0, 1)])
     rng = np.random.default_rng(0)
-    probe = level0.linear_probe(rng.normal(size=(20, 3)), np.arange(20) % 2, rng.normal(size=(10, 3)),
-                                np.arange(10) % 2, feature="f", n_boot=20)
-    pur_rows = [{"layer": f"blocks.{i}.hook_resid_post", "method": "kmeans", "purity": 0.7, "purity_low": 0.6,
-                 "purity_high": 0.8, "baseline": 0.6} for i in range(3)]
-    rob_rows = [{"model": "vit", "variant": "clean", "kind": "clean", "mode": "", "param": 0.0, "acc": 0.8,
-                 "low": 0.7, "high": 0.9},
-                {"model": "vit", "variant": "shuffle-g2", "kind": "shuffle", "mode": "", "param": 2.0, "acc": 0.6,
-                 "low": 0.5, "high": 0.7},
-                {"model": "vit", "variant": "occlude-most-0.5-black", "kind": "occlude", "mode": "most",
-                 "fill": "black", "param": 0.5,
-                 "acc": 0.3, "low": 0.2, "high": 0.4}]
+    probe = level0.linear_probe(
+        rng.normal(size=(20, 3)),
+        np.arange(20) % 2,
+        rng.normal(size=(10, 3)),
+        np.arange(10) % 2,
+        feature="f",
+        n_boot=20,
+    )
+    pur_rows = [
+        {
+            "layer": f"blocks.{i}.hook_resid_post",
+            "method": "kmeans",
+            "purity": 0.7,
+            "purity_low": 0.6,
+            "purity_high": 0.8,
+            "baseline": 0.6,
+        }
+        for i in range(3)
+    ]
+    rob_rows = [
+        {
+            "model": "vit",
+            "variant": "clean",
+            "kind": "clean",
+            "mode": "",
+            "param": 0.0,
+            "acc": 0.8,
+            "low": 0.7,
+            "high": 0.9,
+        },
+        {
+            "model": "vit",
+            "variant": "shuffle-g2",
+            "kind": "shuffle",
+            "mode": "",
+            "param": 2.0,
+            "acc": 0.6,
+            "low": 0.5,
+            "high": 0.7,
+        },
+        {
+            "model": "vit",
+            "variant": "occlude-most-0.5-black",
+            "kind": "occlude",
+            "mode": "most",
+            "fill": "black",
+            "param": 0.5,
+            "acc": 0.3,
+            "low": 0.2,
+            "high": 0.4,
+        },
+    ]
     figs = [
         pn.level0_views_figure(img, views, [0, 1], labels=st.labels[:2]),
         pn.filters_figure(w, st.labels),
@@ -357,6 +425,7 @@ def test_plot_helpers_return_figures():
 
 # ---------------------------------------------------------------- real weights (slow)
 
+
 @pytest.mark.slow
 @pytest.mark.shared
 def test_real_vit_ti16_level0_and_rollout():
@@ -366,8 +435,9 @@ def test_real_vit_ti16_level0_and_rollout():
 
     try:
         vit = vmodels.load_model("vit-ti16")
-        ds = vdata.ImageFolderDataset(vdata.find_dataset("imagenet-val-1300"), transform=vit.eval_transform(),
-                                      max_images=2)
+        ds = vdata.ImageFolderDataset(
+            vdata.find_dataset("imagenet-val-1300"), transform=vit.eval_transform(), max_images=2
+        )
     except (WeightsUnavailableError, DataError) as exc:
         pytest.skip(f"shared weights/data not available: {exc}")
     if not vit.pretrained:
@@ -377,7 +447,9 @@ def test_real_vit_ti16_level0_and_rollout():
     assert w.shape == (192, 3, 16, 16)
     conv = level0.neuron_responses(x, w, b)  # (2, 196, 192)
     views = level0.level0_views(x, w, [0, 100])  # (2, 196, 2, 3, 16, 16)
-    torch.testing.assert_close(views.sum((-3, -2, -1)), conv[..., [0, 100]] - b[[0, 100]], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(
+        views.sum((-3, -2, -1)), conv[..., [0, 100]] - b[[0, 100]], atol=1e-3, rtol=1e-4
+    )
     tok = clustering.capture_patch_tokens(vit, x, ["hook_embed"])["hook_embed"]
     torch.testing.assert_close(tok, conv, atol=1e-4, rtol=1e-4)
     rs = propagation.rollout(propagation.capture_attention(vit, x))
@@ -395,9 +467,9 @@ def test_salient_components_and_object_pair_purity_known_answer():
     from vitviz_core.neurons import clustering as cl
 
     obj = torch.zeros(4, 8, dtype=torch.bool)
-    obj[1:3, 0:3] = True          # region A, 6 patches
-    obj[1:3, 5:8] = True          # region B, 6 patches
-    obj[0, 4] = True              # a single patch: below min_patches
+    obj[1:3, 0:3] = True  # region A, 6 patches
+    obj[1:3, 5:8] = True  # region B, 6 patches
+    obj[0, 4] = True  # a single patch: below min_patches
     comp = cl.salient_components(obj.flatten(), (4, 8), min_patches=2)
     assert sorted(set(comp.tolist())) == [-1, 0, 1]
     assert (comp == 0).sum() == 6 and (comp == 1).sum() == 6 and comp[4] == -1

@@ -11,8 +11,15 @@ import timm
 import torch
 
 from vitviz_core import cli
-from vitviz_core.augment import (ColorShift, EnsembleAugment, FeatureStreams, GaussianNoise, Jitter,
-                                 noise_std_at, stream_seeds)
+from vitviz_core.augment import (
+    ColorShift,
+    EnsembleAugment,
+    FeatureStreams,
+    GaussianNoise,
+    Jitter,
+    noise_std_at,
+    stream_seeds,
+)
 from vitviz_core.errors import HookError, VitvizError
 from vitviz_core.objectives import Objective, ObjectiveContext, channel, diversity, neuron, tv
 from vitviz_core.recipes import PAPER, RELEASED, get_recipe
@@ -23,18 +30,53 @@ from vitviz_core.recipes import PAPER, RELEASED, get_recipe
 
 TINY = {
     "vit": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)),
-    "deit": ("deit_tiny_distilled_patch16_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)),
-    "dinov2": ("vit_small_patch14_reg4_dinov2", dict(img_size=28, patch_size=7, depth=2, embed_dim=32, num_heads=2)),
-    "clip": ("vit_base_patch16_clip_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)),
-    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=32, patch_size=4, window_size=4, embed_dim=16,
-                                                  depths=(1, 1), num_heads=(1, 2))),
-    "pit": ("pit_ti_224", dict(img_size=32, patch_size=8, stride=4, base_dims=[8, 8], depth=[1, 1], heads=[2, 4])),
-    "coat": ("coat_lite_tiny", dict(img_size=32, embed_dims=[16, 16, 16, 16], serial_depths=[1, 1, 1, 1],
-                                    num_heads=8, mlp_ratios=[2, 2, 2, 2])),
-    "convit": ("convit_tiny", dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2,
-                                   local_up_to_layer=1)),
-    "twins": ("twins_svt_small", dict(img_size=32, embed_dims=(16, 32), depths=(1, 1), num_heads=(1, 2),
-                                      sr_ratios=(2, 1), wss=(2, 2), mlp_ratios=(2, 2), patch_size=4)),
+    "deit": (
+        "deit_tiny_distilled_patch16_224",
+        dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2),
+    ),
+    "dinov2": (
+        "vit_small_patch14_reg4_dinov2",
+        dict(img_size=28, patch_size=7, depth=2, embed_dim=32, num_heads=2),
+    ),
+    "clip": (
+        "vit_base_patch16_clip_224",
+        dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2),
+    ),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        dict(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2)),
+    ),
+    "pit": (
+        "pit_ti_224",
+        dict(img_size=32, patch_size=8, stride=4, base_dims=[8, 8], depth=[1, 1], heads=[2, 4]),
+    ),
+    "coat": (
+        "coat_lite_tiny",
+        dict(
+            img_size=32,
+            embed_dims=[16, 16, 16, 16],
+            serial_depths=[1, 1, 1, 1],
+            num_heads=8,
+            mlp_ratios=[2, 2, 2, 2],
+        ),
+    ),
+    "convit": (
+        "convit_tiny",
+        dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, local_up_to_layer=1),
+    ),
+    "twins": (
+        "twins_svt_small",
+        dict(
+            img_size=32,
+            embed_dims=(16, 32),
+            depths=(1, 1),
+            num_heads=(1, 2),
+            sr_ratios=(2, 1),
+            wss=(2, 2),
+            mlp_ratios=(2, 2),
+            patch_size=4,
+        ),
+    ),
     "cnn": ("resnet18", dict(layers=[1, 1, 1, 1])),
 }
 
@@ -86,12 +128,13 @@ def fast_recipe(**kw):
 # recipes
 # ---------------------------------------------------------------------------------------------
 
+
 def test_paper_recipe_matches_appendix_b() -> None:
     r = PAPER
     assert (r.n_augment, r.jitter, r.jitter_mode) == (8, 32, "per_copy")
     assert (r.color_mode, r.color_mu, r.color_log_sigma) == ("affine", 1.0, 1.0)
     assert (r.noise_mode, r.noise_std, r.noise_schedule) == ("pixel", 0.5, "linear")
-    assert r.order == ("jitter", "color", "noise")          # GS(CS(Jitter(x)))
+    assert r.order == ("jitter", "color", "noise")  # GS(CS(Jitter(x)))
     assert r.tv_weight == 5e-5 and r.tv_on == "image"
     assert r.betas == (0.5, 0.99) and r.lr == 0.1 and r.steps == 400 and r.cosine_t_max == 400
     assert r.clamp == (0.0, 1.0) and r.init == "uniform"
@@ -123,6 +166,7 @@ def test_get_recipe_overrides_and_errors() -> None:
 # ---------------------------------------------------------------------------------------------
 # augmentations: exact small-tensor checks
 # ---------------------------------------------------------------------------------------------
+
 
 def test_jitter_roll_known_tensor() -> None:
     x = torch.tensor([[0.0, 1, 2], [3, 4, 5]]).view(1, 1, 2, 3)
@@ -220,6 +264,7 @@ def test_ensemble_layout_and_streams() -> None:
 # objectives
 # ---------------------------------------------------------------------------------------------
 
+
 def _ctx(b: int = 4) -> ObjectiveContext:
     z = torch.zeros(b, 3, 4, 4)
     return ObjectiveContext(activations={}, specs={}, images=z, augmented=z)
@@ -238,6 +283,7 @@ def test_objective_arithmetic() -> None:
 # plot
 # ---------------------------------------------------------------------------------------------
 
+
 def test_feature_grid_png(tmp_path: Path) -> None:
     from vitviz_core.plot import feature_grid, save_grid_png
 
@@ -254,42 +300,56 @@ def test_feature_grid_png(tmp_path: Path) -> None:
 # objectives on real captured activations (NLC with prefix tokens, NHWC, NCHW)
 # ---------------------------------------------------------------------------------------------
 
+
 def _captured(model: torch.nn.Module, hook: str, x: torch.Tensor) -> ObjectiveContext:
     from vitviz_core.hooks import capture
 
     with capture(model, [hook], detach=True) as cap:
         cap.forward(x)
-    return ObjectiveContext(activations=dict(cap.activations), specs=dict(cap.specs), images=x, augmented=x,
-                            features=torch.tensor([3, 5]))
+    return ObjectiveContext(
+        activations=dict(cap.activations),
+        specs=dict(cap.specs),
+        images=x,
+        augmented=x,
+        features=torch.tensor([3, 5]),
+    )
 
 
-@pytest.mark.parametrize("family,hook_layout", [("deit", "NLC"), ("dinov2", "NLC"), ("swin", "NHWC"),
-                                                ("cnn", "NCHW")])
+@pytest.mark.parametrize(
+    "family,hook_layout", [("deit", "NLC"), ("dinov2", "NLC"), ("swin", "NHWC"), ("cnn", "NCHW")]
+)
 def test_channel_objective_matches_manual(family: str, hook_layout: str) -> None:
     from vitviz_core.hooks import list_hooks
 
     model = tiny(family)
     size = input_size(family)
-    specs = [s for s in list_hooks(model, input_size=size) if s.layout == hook_layout and s.channels > 5
-             and s.grid is not None and "attn" not in s.name]
+    specs = [
+        s
+        for s in list_hooks(model, input_size=size)
+        if s.layout == hook_layout and s.channels > 5 and s.grid is not None and "attn" not in s.name
+    ]
     spec = specs[len(specs) // 2]
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     ctx = _captured(model, spec.name, x)
     act = ctx.activations[spec.name]
     if hook_layout == "NLC":
         assert spec.num_prefix_tokens == {"deit": 2, "dinov2": 5}[family]
-        manual = torch.stack([act[0, spec.num_prefix_tokens:, 3].mean(), act[1, spec.num_prefix_tokens:, 5].mean()])
-        manual_sum = torch.stack([act[0, spec.num_prefix_tokens:, 3].sum(), act[1, spec.num_prefix_tokens:, 5].sum()])
+        manual = torch.stack(
+            [act[0, spec.num_prefix_tokens :, 3].mean(), act[1, spec.num_prefix_tokens :, 5].mean()]
+        )
+        manual_sum = torch.stack(
+            [act[0, spec.num_prefix_tokens :, 3].sum(), act[1, spec.num_prefix_tokens :, 5].sum()]
+        )
     elif hook_layout == "NHWC":
         manual = torch.stack([act[0, :, :, 3].mean(), act[1, :, :, 5].mean()])
         manual_sum = torch.stack([act[0, :, :, 3].sum(), act[1, :, :, 5].sum()])
     else:
         manual = torch.stack([act[0, 3].mean(), act[1, 5].mean()])
         manual_sum = torch.stack([act[0, 3].sum(), act[1, 5].sum()])
-    assert torch.allclose(channel(spec.name)(ctx), manual, atol=1e-6)            # batched: own feature
+    assert torch.allclose(channel(spec.name)(ctx), manual, atol=1e-6)  # batched: own feature
     assert torch.allclose(channel(spec.name, reduce="sum")(ctx), manual_sum, atol=1e-5)
-    assert torch.allclose(channel(spec.name, 3)(ctx)[0], manual[0], atol=1e-6)   # one fixed feature
-    maps = ctx.patch_maps(spec.name)                                             # (B, C, H, W)
+    assert torch.allclose(channel(spec.name, 3)(ctx)[0], manual[0], atol=1e-6)  # one fixed feature
+    maps = ctx.patch_maps(spec.name)  # (B, C, H, W)
     h, w = maps.shape[-2:]
     assert torch.allclose(neuron(spec.name, 5, 0, w - 1)(ctx)[1], maps[1, 5, 0, w - 1])
     from vitviz_core.objectives import direction
@@ -303,6 +363,7 @@ def test_channel_objective_matches_manual(family: str, hook_layout: str) -> None
 # the optimizer
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("family", sorted(TINY))
 def test_objective_increases_every_family(family: str) -> None:
     from vitviz_core.optimize import optimize_features, score_images
@@ -310,8 +371,18 @@ def test_objective_increases_every_family(family: str) -> None:
     model = tiny(family)
     hook = ffn_hook(model)
     size = input_size(family)
-    res = optimize_features(model, hook, [0, 1, 2, 3], normalize=NORM, input_size=size, progress=False,
-                            snapshot_steps=[0], steps=20, n_augment=8, jitter=2)
+    res = optimize_features(
+        model,
+        hook,
+        [0, 1, 2, 3],
+        normalize=NORM,
+        input_size=size,
+        progress=False,
+        snapshot_steps=[0],
+        steps=20,
+        n_augment=8,
+        jitter=2,
+    )
     before = score_images(model, hook, res.snapshots[0], res.features, normalize=NORM, input_size=size)
     after = score_images(model, hook, res.images, res.features, normalize=NORM, input_size=size)
     assert (after - before).mean() > 0, (hook, before, after)
@@ -357,9 +428,9 @@ def test_counter_streams_depend_only_on_seed_feature_step() -> None:
     aug = EnsembleAugment(rec)
     imgs = torch.rand(3, 3, 8, 8)
     batch = CounterStreams(0, [4, 9, 2])
-    out = aug(imgs, batch, 5, 10)                                   # (9, 3, 8, 8)
+    out = aug(imgs, batch, 5, 10)  # (9, 3, 8, 8)
     alone = CounterStreams(0, [9])
-    aug(imgs[1:2], alone, 0, 10)                                    # earlier draws change nothing
+    aug(imgs[1:2], alone, 0, 10)  # earlier draws change nothing
     assert torch.equal(aug(imgs[1:2], alone, 5, 10), out[3:6])
     assert torch.equal(aug(imgs[[1, 0]], CounterStreams(0, [9, 4]), 5, 10)[:3], out[3:6])  # any order
     assert not torch.equal(aug(imgs[1:2], alone, 6, 10), out[3:6])
@@ -380,6 +451,7 @@ def test_auto_chunking_gives_the_images_of_one_chunk(monkeypatch) -> None:
     def small_budget(dev):
         seen["dev"] = dev
         return 1.0  # less than one feature: chunks of one
+
     monkeypatch.setattr(opt_mod, "_memory_budget", small_budget)
     auto = _run(model, [5, 1, 8, 2, 6])
     assert seen["dev"].type == "cpu" and auto.config["chunks"] == 5 and auto.config["batch_features"] == 1
@@ -391,9 +463,9 @@ def test_auto_chunking_gives_the_images_of_one_chunk(monkeypatch) -> None:
 def test_auto_chunk_arithmetic_and_probe() -> None:
     from vitviz_core.optimize import CPU_MAX_PASSES, auto_chunk
 
-    assert auto_chunk(100, 8, 1e6, 40e6) == 5                       # 40 MB / (8 x 1 MB)
-    assert auto_chunk(3, 8, 1e6, 40e9) == 3                         # never more than K
-    assert auto_chunk(100, 8, 1e6, 1.0) == 1                        # never less than 1
+    assert auto_chunk(100, 8, 1e6, 40e6) == 5  # 40 MB / (8 x 1 MB)
+    assert auto_chunk(3, 8, 1e6, 40e9) == 3  # never more than K
+    assert auto_chunk(100, 8, 1e6, 1.0) == 1  # never less than 1
     assert auto_chunk(1000, 8, 1.0, 1e15, CPU_MAX_PASSES) == CPU_MAX_PASSES // 8
     from vitviz_core.hooks import capture
     from vitviz_core.optimize import _bytes_per_pass, make_normalize
@@ -412,13 +484,13 @@ def test_precision_bf16_copy_and_errors() -> None:
     res = _run(model, [1, 2], precision="bf16", steps=2)
     assert res.config["precision"] == "bf16" and res.config["amp"] == "bf16"
     assert res.images.dtype == torch.float32 and torch.isfinite(res.images).all()
-    assert all(p.dtype == torch.float32 for p in model.parameters())     # the user's model is untouched
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the user's model is untouched
     low = _bf16_model(model)
     assert low is _bf16_model(model) and next(low.parameters()).dtype == torch.bfloat16
     with torch.no_grad():
-        model.head.bias.add_(1.0)                                        # weights changed: a new copy
+        model.head.bias.add_(1.0)  # weights changed: a new copy
     assert _bf16_model(model) is not low
-    assert _run(model, [1], steps=1).config["precision"] == "fp32"      # CPU default
+    assert _run(model, [1], steps=1).config["precision"] == "fp32"  # CPU default
     with pytest.raises(VitvizError, match="precision"):
         _run(model, [1], precision="fp8")
     with pytest.raises(VitvizError, match="only used on CUDA"):
@@ -495,7 +567,11 @@ def test_result_fields_and_config() -> None:
     assert not torch.equal(res.snapshots[0], res.snapshots[2])
     cfg = res.config
     assert cfg["recipe"]["name"] == "paper" and cfg["recipe"]["n_augment"] == 3 and cfg["steps"] == 4
-    assert cfg["hook"] == "blocks.1.mlp.hook_post" and cfg["input_size"] == [32, 32] and cfg["image_size"] == [40, 40]
+    assert (
+        cfg["hook"] == "blocks.1.mlp.hook_post"
+        and cfg["input_size"] == [32, 32]
+        and cfg["image_size"] == [40, 40]
+    )
     assert cfg["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3} and cfg["amp"] is None
 
 
@@ -528,8 +604,19 @@ def test_class_logit_objective() -> None:
 
     model = tiny("vit")
     # plain gradient ascent (no augmentation): checks the NC gather and the full-depth gradient
-    res = optimize_features(model, "hook_logits", [3, 7], normalize=NORM, progress=False, steps=10,
-                            n_augment=1, jitter=0, color_mode="none", noise_mode="none", snapshot_steps=[0])
+    res = optimize_features(
+        model,
+        "hook_logits",
+        [3, 7],
+        normalize=NORM,
+        progress=False,
+        steps=10,
+        n_augment=1,
+        jitter=0,
+        color_mode="none",
+        noise_mode="none",
+        snapshot_steps=[0],
+    )
     before = score_images(model, "hook_logits", res.snapshots[0], [3, 7], normalize=NORM)
     after = score_images(model, "hook_logits", res.images, [3, 7], normalize=NORM)
     assert (after > before).all(), (before, after)
@@ -575,6 +662,7 @@ def test_bad_arguments_raise_clear_errors() -> None:
 # command line
 # ---------------------------------------------------------------------------------------------
 
+
 def test_parse_features() -> None:
     from vitviz_core.render import parse_features
 
@@ -603,15 +691,18 @@ def _assert_one_line_error(rc: int, err: str, needle: str) -> None:
 RANDOM_VIT = ["--model", "vit_tiny_patch16_224", "--weights", "random", "--quiet"]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--steps", "0"], "--steps"),
-    (["--steps", "-3"], "--steps"),
-    (["--features", "0-"], "malformed --features"),
-    (["--features", "x"], "malformed --features"),
-    (["--out", "/nonexistent-dir-vitviz/grid.png"], "does not exist"),
-    (["--out", "grid.jpg"], ".png"),
-    (["--batch-features", "0"], "--batch-features"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--steps", "-3"], "--steps"),
+        (["--features", "0-"], "malformed --features"),
+        (["--features", "x"], "malformed --features"),
+        (["--out", "/nonexistent-dir-vitviz/grid.png"], "does not exist"),
+        (["--out", "grid.jpg"], ".png"),
+        (["--batch-features", "0"], "--batch-features"),
+    ],
+)
 def test_cli_argument_errors_before_any_work(capsys, monkeypatch, tmp_path: Path, args, needle) -> None:
     import vitviz_core.optimize as opt
 
@@ -639,12 +730,15 @@ def test_cli_device_error(capsys, tmp_path: Path) -> None:
     _assert_one_line_error(rc, err, "CUDA is not available")
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--model", "no-such-model-xyz"], "no-such-model-xyz"),
-    ([*RANDOM_VIT, "--hook", "blocks.0.mlp.hook_pst"], "hook_pst"),
-    ([*RANDOM_VIT, "--hook", "blocks.99.mlp.hook_post"], "99"),
-    ([*RANDOM_VIT, "--hook", "blocks.0.mlp.hook_post", "--features", "760-770"], "out of range"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model", "no-such-model-xyz"], "no-such-model-xyz"),
+        ([*RANDOM_VIT, "--hook", "blocks.0.mlp.hook_pst"], "hook_pst"),
+        ([*RANDOM_VIT, "--hook", "blocks.99.mlp.hook_post"], "99"),
+        ([*RANDOM_VIT, "--hook", "blocks.0.mlp.hook_post", "--features", "760-770"], "out of range"),
+    ],
+)
 def test_cli_model_hook_feature_errors(capsys, monkeypatch, tmp_path: Path, args, needle) -> None:
     import vitviz_core.optimize as opt
 
@@ -656,8 +750,20 @@ def test_cli_model_hook_feature_errors(capsys, monkeypatch, tmp_path: Path, args
 
 def test_cli_render_writes_png(capsys, tmp_path: Path) -> None:
     out = tmp_path / "grid.png"
-    rc, stdout, err = _cli(capsys, *RANDOM_VIT, "--hook", "blocks.0.mlp.hook_post", "--features", "0,5",
-                           "--steps", "2", "--batch-features", "1", "--out", str(out))
+    rc, stdout, err = _cli(
+        capsys,
+        *RANDOM_VIT,
+        "--hook",
+        "blocks.0.mlp.hook_post",
+        "--features",
+        "0,5",
+        "--steps",
+        "2",
+        "--batch-features",
+        "1",
+        "--out",
+        str(out),
+    )
     assert rc == 0, err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote" in stdout and "2 features" in stdout
@@ -678,8 +784,10 @@ def test_estimate_seconds_follows_automatic_chunking(monkeypatch) -> None:
         res = real(*args, **kw)
         calls.append(res.config)
         return res
+
     monkeypatch.setattr(opt_mod, "optimize_features", spy)
     monkeypatch.setattr(opt_mod, "_memory_budget", lambda dev: 1.0)  # chunks of one feature
-    eta = opt_mod.estimate_seconds(model, "blocks.1.mlp.hook_post", [1, 2, 3], steps=10, normalize=NORM,
-                                   n_augment=2)
+    eta = opt_mod.estimate_seconds(
+        model, "blocks.1.mlp.hook_post", [1, 2, 3], steps=10, normalize=NORM, n_augment=2
+    )
     assert 0 < eta < 3600 and calls[0]["batch_features"] == 1 and calls[0]["steps"] == 1

@@ -49,11 +49,11 @@ def mixed(tmp_path: Path) -> tuple[Path, dict[str, int], set[str]]:
     for k in range(2):
         good[_jpeg(root / TABBY / f"tabby_{k}.JPEG", 30 + 80 * k).name] = 281
     cut = _jpeg(root / TENCH / "tench_cut.JPEG", 99)
-    cut.write_bytes(cut.read_bytes()[:300])                 # truncated in the scan data
-    (root / TABBY / "tabby_empty.JPEG").write_bytes(b"")    # zero bytes
+    cut.write_bytes(cut.read_bytes()[:300])  # truncated in the scan data
+    (root / TABBY / "tabby_empty.JPEG").write_bytes(b"")  # zero bytes
     (root / TABBY / "tabby_loop.JPEG").symlink_to(root / TABBY / "tabby_loop.JPEG")
     (root / TENCH / "tench_gone.JPEG").symlink_to(tmp_path / "deleted.JPEG")
-    (root / TABBY / "folder.JPEG").mkdir()                  # a folder named like an image
+    (root / TABBY / "folder.JPEG").mkdir()  # a folder named like an image
     bad = {"tench_cut.JPEG", "tabby_empty.JPEG", "tabby_loop.JPEG", "tench_gone.JPEG"}
     return root, good, bad
 
@@ -91,11 +91,11 @@ def test_loader_yields_each_good_image_once_with_its_label(mixed, workers):
     for batch in loader:
         seen += batch[2].tolist()
         labels += batch[1].tolist()
-    assert sorted(names[i] for i in seen) == sorted(good)            # each good file exactly once
-    assert [good[names[i]] for i in seen] == labels                  # with its own label
+    assert sorted(names[i] for i in seen) == sorted(good)  # each good file exactly once
+    assert [good[names[i]] for i in seen] == labels  # with its own label
     assert loader.n_images == 5 and loader.n_skipped == 4
     assert set(loader.skipped.values()) == bad
-    assert skipped_files(ds) == loader.skipped                       # recorded in this process
+    assert skipped_files(ds) == loader.skipped  # recorded in this process
 
 
 def test_evaluate_variants_and_record_count_only_good_images(mixed):
@@ -119,8 +119,15 @@ def test_masking_experiment_n_and_intervals_exclude_bad_files(mixed):
     model = loaded(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageReadWarning)
-        res = masking_experiment(model, masks=lambda x: x[:, 0] > 0.5, data_name="mixed",
-                                 data_root=root.parent, batch_size=4, n_boot=50, progress=False)["toy"]
+        res = masking_experiment(
+            model,
+            masks=lambda x: x[:, 0] > 0.5,
+            data_name="mixed",
+            data_root=root.parent,
+            batch_size=4,
+            n_boot=50,
+            progress=False,
+        )["toy"]
     assert res.top1["full"].n == 5 and res.top5["background"].n == 5
     assert res.record.data["n_skipped"] == 4 and res.record.data["n_images"] == 5
 
@@ -131,8 +138,16 @@ def test_exemplar_topk_never_includes_or_repeats_a_bad_file(mixed, tmp_path, mon
     monkeypatch.setenv("VITVIZ_CACHE", str(tmp_path / "cache"))
     root, good, bad = mixed
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
-                            embed_dim=16, num_heads=2, num_classes=10).eval()
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=1,
+        embed_dim=16,
+        num_heads=2,
+        num_classes=10,
+    ).eval()
     ds = _dataset(root, on_error="ignore")
     names = [p.name for p, _ in ds.samples]
     res = ex.find_exemplars(vit, ds, ["blocks.0.mlp.hook_post"], k=5, batch_size=2, progress=False)
@@ -166,10 +181,10 @@ def test_links_out_of_a_class_folder_and_cycles_are_not_followed(tmp_path):
     _jpeg(root / TENCH / "a.JPEG", 10)
     _jpeg(root / TABBY / "b.JPEG", 20)
     outside = _jpeg(tmp_path / "elsewhere" / "c.JPEG", 30).parent
-    (root / TENCH / "cycle").symlink_to(root / TENCH, target_is_directory=True)       # a cycle
-    (root / TENCH / "to_tabby").symlink_to(root / TABBY, target_is_directory=True)    # into another class
-    (root / TENCH / "out").symlink_to(outside, target_is_directory=True)              # out of the class
-    (root / GOLDFISH).symlink_to(root / TABBY, target_is_directory=True)              # a second label for b
+    (root / TENCH / "cycle").symlink_to(root / TENCH, target_is_directory=True)  # a cycle
+    (root / TENCH / "to_tabby").symlink_to(root / TABBY, target_is_directory=True)  # into another class
+    (root / TENCH / "out").symlink_to(outside, target_is_directory=True)  # out of the class
+    (root / GOLDFISH).symlink_to(root / TABBY, target_is_directory=True)  # a second label for b
     ds = ImageFolderDataset(root)
     assert [(p.name, label) for p, label in ds.samples] == [("a.JPEG", 0), ("b.JPEG", 281)]
 
@@ -178,7 +193,7 @@ def test_class_folder_linking_outside_the_root_is_a_class(tmp_path):
     root = tmp_path / "ds"
     _jpeg(root / TENCH / "a.JPEG", 10)
     store = _jpeg(tmp_path / "store" / TABBY / "b.JPEG", 20).parent
-    (root / TABBY).symlink_to(store, target_is_directory=True)   # a subset assembled from links
+    (root / TABBY).symlink_to(store, target_is_directory=True)  # a subset assembled from links
     ds = ImageFolderDataset(root)
     assert [(p.name, label) for p, label in ds.samples] == [("a.JPEG", 0), ("b.JPEG", 281)]
 

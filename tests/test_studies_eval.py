@@ -26,8 +26,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def tiny_vit(depth: int = 3, seed: int = 0, num_classes: int = 10) -> nn.Module:
     torch.manual_seed(seed)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                          depth=depth, embed_dim=32, num_heads=2, num_classes=num_classes)
+    m = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=depth,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=num_classes,
+    )
     return m.eval().requires_grad_(False)
 
 
@@ -159,8 +167,12 @@ def test_top_feature_maps_selective_picks_the_image_specific_channel():
         se.top_feature_maps(m, x[:1], "blocks.1.mlp.hook_post", n=1)
     dm = se.depth_maps(m, x, [0, 1], n_boot=50)
     assert set(dm.spread) == {0, 1} and dm.maps[1].shape == (5, 4, 4)
-    fig = se.saliency_figure(list(torch.rand(5, 3, 32, 32)), torch.stack([dm.maps[0], dm.maps[1]], 1),
-                             [["a", "b"]] * 5, row_labels=["block 0", "block 1"])
+    fig = se.saliency_figure(
+        list(torch.rand(5, 3, 32, 32)),
+        torch.stack([dm.maps[0], dm.maps[1]], 1),
+        [["a", "b"]] * 5,
+        row_labels=["block 0", "block 1"],
+    )
     assert isinstance(fig, Figure) and isinstance(se.spread_figure(dm), Figure)
 
 
@@ -250,7 +262,11 @@ def test_frequency_run_appends_unfiltered_and_pairs(cache):
     data = Indexed(x, y)
     st = se.frequency_run(lm, data, low=(1, 4), high=(2,), gaussian=(1, 4), batch_size=4, n_boot=50)
     assert st.results["gaussian"].cutoffs == [1.0, 4.0, math.inf]
-    assert list(se.frequency_frame(st, st, "gaussian", n_boot=50).iloc[:, 0]) == ["1", "4", "none (unfiltered)"]
+    assert list(se.frequency_frame(st, st, "gaussian", n_boot=50).iloc[:, 0]) == [
+        "1",
+        "4",
+        "none (unfiltered)",
+    ]
     assert isinstance(se.frequency_figure([st], "gaussian"), Figure)
     low, high = st.results["low"], st.results["high"]
     assert low.cutoffs[-1] == math.inf and len(low.top1["low"]) == 3
@@ -270,12 +286,21 @@ def test_frames_put_the_paper_beside_ours():
     from vitviz_core.evaluate.masking import MaskingResult
 
     e = Estimate(0.5, 0.4, 0.6, 10, "bootstrap")
-    r = MaskingResult(model="toy", top1={c: e for c in ("full", "foreground", "background")},
-                      top5={c: e for c in ("full", "foreground", "background")},
-                      normalized_top5={"foreground": e, "background": e})
+    r = MaskingResult(
+        model="toy",
+        top1={c: e for c in ("full", "foreground", "background")},
+        top5={c: e for c in ("full", "foreground", "background")},
+        normalized_top5={"foreground": e, "background": e},
+    )
     t2 = se.table2_frame({"toy": r})
-    assert list(t2.columns) == ["%", "toy (ours)", "ViT-B/32 (paper)", "ViT-B/16 (paper)", "ResNet-50 (paper)",
-                                "MobileNetV2 (paper)"]
+    assert list(t2.columns) == [
+        "%",
+        "toy (ours)",
+        "ViT-B/32 (paper)",
+        "ViT-B/16 (paper)",
+        "ResNet-50 (paper)",
+        "MobileNetV2 (paper)",
+    ]
     assert list(t2["ViT-B/16 (paper)"])[-2:] == ["95.64", "31.59"]
     # the full-image column of the released logs (top-1, top-5) and the MobileNetV2 row
     assert list(t2["ViT-B/16 (paper)"])[:2] == ["92.37", "99.22"]
@@ -330,7 +355,9 @@ def test_explorers_render_default_figures():
     assert isinstance(tm.render(2, 2), Figure)  # unlabelled image
     fg = torch.zeros(3, 32, 32)
     fg[:, 8:24, 8:24] = 1
-    mx = se.MaskingExplorer({"a": lm, "b": loaded(Brightness())}, pixels, fg, default=(1, "dataset_mean", 4.0))
+    mx = se.MaskingExplorer(
+        {"a": lm, "b": loaded(Brightness())}, pixels, fg, default=(1, "dataset_mean", 4.0)
+    )
     assert isinstance(mx.default_figure(), Figure)
 
 
@@ -382,16 +409,22 @@ def test_mixing_comparison_known_answer():
     nat = np.ones(10, bool)
     drop = np.array([1] * 6 + [0] * 4, bool)
     e = lambda a: Estimate(float(a.mean()), float(a.mean()), float(a.mean()), a.size, "bootstrap")  # noqa: E731
-    res = TokenMixingResult(depth=12, natural={1: e(nat)}, drop={11: {1: e(drop)}},
-                            isolate={11: {1: e(np.zeros(10))}},
-                            correct={"natural": {1: nat}, "drop@11": {1: drop}})
+    res = TokenMixingResult(
+        depth=12,
+        natural={1: e(nat)},
+        drop={11: {1: e(drop)}},
+        isolate={11: {1: e(np.zeros(10))}},
+        correct={"natural": {1: nat}, "drop@11": {1: drop}},
+    )
     lo, hi = Estimate(0.02, 0.01, 0.03, 10, "b"), Estimate(0.7, 0.6, 0.8, 10, "b")
     cmp = se.mixing_comparison(res, {"cls_blind": {11: {1: hi}}, "patches_blind": {11: {1: lo}}}, n_boot=200)
     assert cmp.layer == 11 and cmp.last_gain.value == pytest.approx(0.4)
     assert cmp.last_gain.low > 0 and cmp.globalization_holds
     assert cmp.paper_last_gain == pytest.approx(84.20 - 71.24)
     assert cmp.paper_isolate == 78.61 and cmp.patches_need_cls is True
-    swapped = se.mixing_comparison(res, {"cls_blind": {11: {1: lo}}, "patches_blind": {11: {1: hi}}}, n_boot=200)
+    swapped = se.mixing_comparison(
+        res, {"cls_blind": {11: {1: lo}}, "patches_blind": {11: {1: hi}}}, n_boot=200
+    )
     assert swapped.patches_need_cls is False
     assert cmp.isolation_cause == "patches" and swapped.isolation_cause == "cls"
     same = se.mixing_comparison(res, {"cls_blind": {11: {1: lo}}, "patches_blind": {11: {1: lo}}}, n_boot=200)
@@ -410,8 +443,9 @@ def test_class_span_known_answer():
 
     assert chance_same_pair([0, 0, 1, 1, 2, 2, 3, 3]) == pytest.approx(8 / 56)
     labels = np.array([[3, 3, 3, 3, 3], [0, 1, 2, 3, 4]])
-    span = class_span(labels, [0, 0, 1, 1, 2, 2, 3, 3], groups={0: "a", 1: "a", 2: "b", 3: "b", 4: "c"},
-                      n_boot=100)
+    span = class_span(
+        labels, [0, 0, 1, 1, 2, 2, 3, 3], groups={0: "a", 1: "a", 2: "b", 3: "b", 4: "c"}, n_boot=100
+    )
     assert list(span.distinct) == [1, 5] and list(span.same_pair) == [1.0, 0.0]
     assert list(span.distinct_groups) == [1, 3]
     assert span.summary["distinct"].value == 3.0 and span.summary["same_pair"].value == 0.5

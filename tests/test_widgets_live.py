@@ -29,16 +29,23 @@ import pytest
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-START_S = 150     # Voilà up, kernel started, models loaded, widget shown
-RENDER_S = 90     # one Render click (optimization + exemplar search on CPU)
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+START_S = 150  # Voilà up, kernel started, models loaded, widget shown
+RENDER_S = 90  # one Render click (optimization + exemplar search on CPU)
 SHOTS = REPO / "_build" / "screenshots"
 # Voilà's own page template links the Font Awesome icon CSS from a CDN; blocked here (the
 # explorer uses no icons), so it is the one outside request tolerated.
 VOILA_CDN = "https://cdn.jsdelivr.net/npm/@fortawesome/"
 
-SETUP = '''\
+SETUP = """\
 import numpy as np
 import torch
 from PIL import Image
@@ -58,14 +65,14 @@ except VitvizError:
 torch.manual_seed(1)
 models["tiny-random-b"] = load_model("vit_tiny_patch16_224", weights="random", depth=3, **tiny)
 print("models:", {{k: m.weights_label for k, m in models.items()}})
-'''
+"""
 
-EXPLORER = '''\
+EXPLORER = """\
 first = next(iter(models))
 explorer = FeatureExplorer(models, "pool", pool_root=pool_root, steps=4, n_augment=1, k=2,
                            default=(first, 1, 0), recipe="paper")
 display(explorer.widget())
-'''
+"""
 
 
 def _need(condition: bool, reason: str) -> None:
@@ -94,8 +101,10 @@ def _write_notebook(tmp_path: Path) -> Path:
         Image.fromarray(small).resize((64, 64), Image.BILINEAR).save(d / f"{i}.png")
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(SETUP.format(pool_root=str(tmp_path))),
-                nbformat.v4.new_code_cell(EXPLORER)]
+    nb.cells = [
+        nbformat.v4.new_code_cell(SETUP.format(pool_root=str(tmp_path))),
+        nbformat.v4.new_code_cell(EXPLORER),
+    ]
     path = tmp_path / "explorer.ipynb"
     nbformat.write(nb, path)
     return path
@@ -132,22 +141,44 @@ STATUS = ".widget-label"
 def test_feature_explorer_live(tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     _need(chromium is not None, "Debian's chromium is not installed (`make browser`)")
-    _need(shutil.which("voila", path=str(Path(sys.executable).parent)) is not None
-          or _importable("voila"), "voila is not installed (pip install voila; it is in requirements.txt)")
+    _need(
+        shutil.which("voila", path=str(Path(sys.executable).parent)) is not None or _importable("voila"),
+        "voila is not installed (pip install voila; it is in requirements.txt)",
+    )
     sync_api = pytest.importorskip("playwright.sync_api")
 
     nb = _write_notebook(tmp_path)
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               VITVIZ_CACHE=str(tmp_path / "cache"), JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"), OMP_NUM_THREADS="1",
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-               HF_HUB_OFFLINE="1", MPLBACKEND="agg")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        VITVIZ_CACHE=str(tmp_path / "cache"),
+        JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
+        OMP_NUM_THREADS="1",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        HF_HUB_OFFLINE="1",
+        MPLBACKEND="agg",
+    )
     log = (tmp_path / "voila.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voila", str(nb), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-         "--Voila.port_retries=0", "--VoilaConfiguration.show_tracebacks=True"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "voila",
+            str(nb),
+            "--no-browser",
+            f"--port={port}",
+            "--Voila.ip=127.0.0.1",
+            "--Voila.port_retries=0",
+            "--VoilaConfiguration.show_tracebacks=True",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     blocked: list[str] = []
     try:
         _wait_port(port, proc, 60)
@@ -160,7 +191,9 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
                 local = (f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
 
                 def offline(route) -> None:
-                    if route.request.url.startswith(local) or not route.request.url.startswith(("http", "ws")):
+                    if route.request.url.startswith(local) or not route.request.url.startswith(
+                        ("http", "ws")
+                    ):
                         route.continue_()
                     else:
                         blocked.append(route.request.url)
@@ -171,7 +204,8 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
                 render = page.get_by_role("button", name="Render")
                 render.wait_for(state="visible", timeout=START_S * 1000)
                 models = page.locator(".widget-dropdown select").first.evaluate(
-                    "s => Array.from(s.options).map(o => o.value)")
+                    "s => Array.from(s.options).map(o => o.value)"
+                )
                 assert len(models) == 2, f"model dropdown options: {models}"
                 depth0 = 12 if models[0] == "vit-ti16" else 2
 
@@ -184,7 +218,9 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
                              return (i && i.complete && i.naturalWidth > 100 && i.src !== before
                                      && text.includes('done in'))
                                     || text.includes('failed:') || text.includes('Traceback'); }""",
-                        arg=[FIGURE, before], timeout=RENDER_S * 1000)
+                        arg=[FIGURE, before],
+                        timeout=RENDER_S * 1000,
+                    )
                     _no_errors(page, page_errors)
                     shots.append(page.screenshot(full_page=True))
                     return page.locator(FIGURE).get_attribute("src")
@@ -196,8 +232,8 @@ def test_feature_explorer_live(tmp_path: Path) -> None:
                 # model, layer and feature controls, as a reader sets them
                 page.locator(".widget-dropdown select").first.select_option(models[1])
                 handle = page.locator(".widget-hslider .noUi-handle").first
-                slider_max(handle, 2)   # the kernel resized the layer slider to the new model
-                set_readout(page, 2)      # last block of the new model (depth 3)
+                slider_max(handle, 2)  # the kernel resized the layer slider to the new model
+                set_readout(page, 2)  # last block of the new model (depth 3)
                 feature = page.locator(".widget-text input").first
                 feature.fill("5")
                 feature.press("Enter")
@@ -249,7 +285,9 @@ def slider_max(handle, value: int) -> None:
     """Wait until the slider's maximum (synced from the kernel) is ``value``."""
     handle.page.wait_for_function(
         "([h, v]) => parseFloat(h.getAttribute('aria-valuemax')) === v",
-        arg=[handle.element_handle(), value], timeout=RENDER_S * 1000)
+        arg=[handle.element_handle(), value],
+        timeout=RENDER_S * 1000,
+    )
 
 
 def set_readout(page, value: int) -> None:
@@ -259,8 +297,11 @@ def set_readout(page, value: int) -> None:
     page.keyboard.press("Control+A")
     page.keyboard.type(str(value))
     page.keyboard.press("Enter")
-    page.wait_for_function("([r, v]) => r.textContent.trim() === String(v)",
-                           arg=[readout.element_handle(), value], timeout=10_000)
+    page.wait_for_function(
+        "([r, v]) => r.textContent.trim() === String(v)",
+        arg=[readout.element_handle(), value],
+        timeout=10_000,
+    )
 
 
 def _importable(name: str) -> bool:
@@ -274,7 +315,9 @@ def _no_errors(page, page_errors: list[str]) -> None:
     text = page.locator("body").inner_text()
     assert "Traceback" not in text, f"a traceback is shown:\n{text[-2000:]}"
     assert "failed:" not in text, f"the explorer reports a failure:\n{text[-2000:]}"
-    errors = page.locator('[data-mime-type="application/vnd.jupyter.stderr"], .jp-OutputArea-output.error, '
-                          '.output_error, .output_stderr').count()
+    errors = page.locator(
+        '[data-mime-type="application/vnd.jupyter.stderr"], .jp-OutputArea-output.error, '
+        ".output_error, .output_stderr"
+    ).count()
     assert errors == 0, f"{errors} error/stderr outputs are shown:\n{text[-2000:]}"
     assert not page_errors, f"JavaScript errors: {page_errors}"

@@ -120,11 +120,11 @@ class Jitter:
         b, c, h, w = x.shape
         if x.is_cuda and offsets.device.type == "cpu":
             offsets = offsets.pin_memory()  # an asynchronous copy: no wait for the device queue
-        off = offsets.to(x.device, non_blocking=True)                                  # (B, 2)
-        rows = (torch.arange(h, device=x.device).view(1, h) - off[:, :1]) % h          # (B, H)
-        cols = (torch.arange(w, device=x.device).view(1, w) - off[:, 1:]) % w          # (B, W)
-        flat = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w)              # (B, 1, H*W)
-        out = x.reshape(b, c, h * w).gather(2, flat.expand(b, c, h * w))               # (B, C, H*W)
+        off = offsets.to(x.device, non_blocking=True)  # (B, 2)
+        rows = (torch.arange(h, device=x.device).view(1, h) - off[:, :1]) % h  # (B, H)
+        cols = (torch.arange(w, device=x.device).view(1, w) - off[:, 1:]) % w  # (B, W)
+        flat = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w)  # (B, 1, H*W)
+        out = x.reshape(b, c, h * w).gather(2, flat.expand(b, c, h * w))  # (B, C, H*W)
         return out.view(b, c, h, w)
 
     def __call__(self, x: Tensor, generator: torch.Generator, n_copies: int = 1) -> Tensor:
@@ -146,12 +146,13 @@ class ColorShift:
         self.log_sigma_range = float(log_sigma_range)
         self.mode = mode
 
-    def sample(self, n: int, generator: torch.Generator, device: torch.device | str | None = None,
-               channels: int = 3) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, n: int, generator: torch.Generator, device: torch.device | str | None = None, channels: int = 3
+    ) -> tuple[Tensor, Tensor]:
         """``(mu, sigma)``, each ``(n, channels, 1, 1)`` float32 on ``device``."""
         device = generator.device if device is None else device
         mu = (torch.rand(n, channels, 1, 1, generator=generator, device=device) * 2 - 1) * self.mu_range
-        log_sigma = (torch.rand(n, channels, 1, 1, generator=generator, device=device) * 2 - 1)
+        log_sigma = torch.rand(n, channels, 1, 1, generator=generator, device=device) * 2 - 1
         sigma = (log_sigma * self.log_sigma_range).exp()
         return mu, sigma  # (n, C, 1, 1) each
 
@@ -181,8 +182,14 @@ class GaussianNoise:
         """Noise standard deviation at ``step`` of ``steps`` (see :func:`noise_std_at`)."""
         return noise_std_at(step, steps, self.std, self.schedule)
 
-    def sample(self, n: int, shape: Sequence[int], std: float, generator: torch.Generator,
-               device: torch.device | str | None = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        shape: Sequence[int],
+        std: float,
+        generator: torch.Generator,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
         """Noise for ``n`` copies of images of ``shape`` = (C, H, W), scaled by ``std``."""
         device = generator.device if device is None else device
         c, h, w = shape
@@ -194,7 +201,9 @@ class GaussianNoise:
         return x + noise
 
     def __call__(self, x: Tensor, generator: torch.Generator, step: int = 0, steps: int = 1) -> Tensor:
-        return self.apply(x, self.sample(x.shape[0], x.shape[1:], self.std_at(step, steps), generator, x.device))
+        return self.apply(
+            x, self.sample(x.shape[0], x.shape[1:], self.std_at(step, steps), generator, x.device)
+        )
 
 
 def stream_seeds(seed: int, feature: int, mode: str = "mixed") -> tuple[int, int]:
@@ -210,7 +219,9 @@ def stream_seeds(seed: int, feature: int, mode: str = "mixed") -> tuple[int, int
         return base ^ 0x5EED_0000_0000, base
     if mode != "mixed":
         raise ValueError(f"unknown seed mode {mode!r}")
-    state = np.random.SeedSequence([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, int(feature)]).generate_state(4, np.uint32)
+    state = np.random.SeedSequence([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, int(feature)]).generate_state(
+        4, np.uint32
+    )
     host = (int(state[0]) << 31) ^ int(state[1])
     dev = (int(state[2]) << 31) ^ int(state[3])
     return host, dev
@@ -225,8 +236,9 @@ class FeatureStreams:
     device: torch.Generator
 
     @classmethod
-    def create(cls, seed: int, feature: int, device: torch.device | str = "cpu",
-               mode: str = "mixed") -> "FeatureStreams":
+    def create(
+        cls, seed: int, feature: int, device: torch.device | str = "cpu", mode: str = "mixed"
+    ) -> "FeatureStreams":
         host_seed, dev_seed = stream_seeds(seed, feature, mode)
         host = torch.Generator(device="cpu")
         host.manual_seed(host_seed)
@@ -269,8 +281,9 @@ class CounterStreams:
     other features of the batch, the chunking, or the steps run before.
     """
 
-    def __init__(self, seed: int, features: Sequence[int], device: torch.device | str = "cpu",
-                 mode: str = "mixed") -> None:
+    def __init__(
+        self, seed: int, features: Sequence[int], device: torch.device | str = "cpu", mode: str = "mixed"
+    ) -> None:
         self.features = [int(f) for f in features]
         self.seed = int(seed)
         self.keys = [stream_seeds(seed, f, mode) for f in self.features]  # (host base, device base)
@@ -301,8 +314,9 @@ class RandomAffine:
     resampling); the paper's pixel recipes do not use it.
     """
 
-    def __init__(self, scale_range: tuple[float, float] = (1.0, 1.0), rotate: float = 0.0,
-                 shift: float = 0.0) -> None:
+    def __init__(
+        self, scale_range: tuple[float, float] = (1.0, 1.0), rotate: float = 0.0, shift: float = 0.0
+    ) -> None:
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.rotate = float(rotate)
         self.shift = float(shift)
@@ -314,7 +328,7 @@ class RandomAffine:
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str | None = None) -> Tensor:
         """Affine matrices ``(n, 2, 3)`` for ``F.affine_grid`` (output -> input coordinates)."""
         device = generator.device if device is None else device
-        u = torch.rand(n, 4, generator=generator, device=device)            # (n, 4)
+        u = torch.rand(n, 4, generator=generator, device=device)  # (n, 4)
         lo, hi = self.scale_range
         scale = lo + (hi - lo) * u[:, 0]
         angle = (u[:, 1] * 2 - 1) * math.radians(self.rotate)
@@ -345,18 +359,37 @@ class EnsembleAugment:
         self.recipe = recipe
         self.n = recipe.n_augment
         self.jitter = Jitter(recipe.jitter, per_copy=recipe.jitter_mode == "per_copy")
-        self.color = (None if recipe.color_mode == "none"
-                      else ColorShift(recipe.color_mu, recipe.color_log_sigma, recipe.color_mode))
-        self.noise = (None if recipe.noise_mode == "none"
-                      else GaussianNoise(recipe.noise_std, recipe.noise_mode, recipe.noise_schedule))
+        self.color = (
+            None
+            if recipe.color_mode == "none"
+            else ColorShift(recipe.color_mu, recipe.color_log_sigma, recipe.color_mode)
+        )
+        self.noise = (
+            None
+            if recipe.noise_mode == "none"
+            else GaussianNoise(recipe.noise_std, recipe.noise_mode, recipe.noise_schedule)
+        )
         affine = RandomAffine(recipe.scale_range, recipe.rotate, recipe.shift)
         self.affine = affine if affine.active else None
         #: (name, transform) in drawing order; ``None`` entries are off in this recipe
         self.transforms: list[tuple[str, object | None]] = [
-            ("jitter", self.jitter), ("color", self.color), ("noise", self.noise), ("affine", self.affine)]
+            ("jitter", self.jitter),
+            ("color", self.color),
+            ("noise", self.noise),
+            ("affine", self.affine),
+        ]
 
-    def _draw(self, name: str, t: object, m: int, n: int, s: FeatureStreams, shape: tuple[int, int, int],
-              std: float, device: torch.device) -> object:
+    def _draw(
+        self,
+        name: str,
+        t: object,
+        m: int,
+        n: int,
+        s: FeatureStreams,
+        shape: tuple[int, int, int],
+        std: float,
+        device: torch.device,
+    ) -> object:
         if name == "jitter":
             return self.jitter.sample(m, n, s.host)
         if name == "color":
@@ -365,8 +398,14 @@ class EnsembleAugment:
             return self.noise.sample(m * n, shape, std, s.device, device)
         return self.affine.sample(m * n, s.device, device)
 
-    def __call__(self, images: Tensor, streams: Sequence[FeatureStreams] | CounterStreams, step: int,
-                 steps: int, images_per_stream: int = 1) -> Tensor:
+    def __call__(
+        self,
+        images: Tensor,
+        streams: Sequence[FeatureStreams] | CounterStreams,
+        step: int,
+        steps: int,
+        images_per_stream: int = 1,
+    ) -> Tensor:
         """``images`` (P, C, H, W) -> (P * n, C, H, W). ``streams``: a :class:`CounterStreams`
         (draws keyed by (seed, feature, step)) or one stateful :class:`FeatureStreams` per feature."""
         p, c, h, w = images.shape
@@ -391,8 +430,9 @@ class EnsembleAugment:
             if name == "jitter" and self.jitter.max_shift > 0:
                 x = self.jitter.apply(x, torch.cat(drawn[name]))
             elif name == "color":
-                x = self.color.apply(x, (torch.cat([d[0] for d in drawn[name]]),
-                                         torch.cat([d[1] for d in drawn[name]])))
+                x = self.color.apply(
+                    x, (torch.cat([d[0] for d in drawn[name]]), torch.cat([d[1] for d in drawn[name]]))
+                )
             elif name == "noise" and std > 0:
                 x = GaussianNoise.apply(x, torch.cat(drawn[name]))
             elif name == "affine":

@@ -97,7 +97,9 @@ def _parse_xml(path: Path) -> _Node:
     try:
         parser.Parse(data, True)
     except xml.parsers.expat.ExpatError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed XML ({xml.parsers.expat.ErrorString(exc.code)})") from None
+        raise DataError(
+            f"{path}:{exc.lineno}: malformed XML ({xml.parsers.expat.ErrorString(exc.code)})"
+        ) from None
     if not root:
         raise DataError(f"{path}:1: empty XML file")
     return root[0]
@@ -185,13 +187,17 @@ def read_loc_val_solution(path: str | os.PathLike) -> dict[str, list[Box]]:
             if header is None:
                 raise DataError(f"{path}:1: empty file (expected header 'ImageId,PredictionString')")
             if [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-                raise DataError(f"{path}:1: expected header 'ImageId,PredictionString', found {','.join(header)!r}")
+                raise DataError(
+                    f"{path}:1: expected header 'ImageId,PredictionString', found {','.join(header)!r}"
+                )
             for row in reader:
                 line = reader.line_num
                 if not row or all(not c.strip() for c in row):
                     continue
                 if len(row) != 2:
-                    raise DataError(f"{path}:{line}: expected 2 columns (ImageId,PredictionString), found {len(row)}")
+                    raise DataError(
+                        f"{path}:{line}: expected 2 columns (ImageId,PredictionString), found {len(row)}"
+                    )
                 image_id, tokens = row[0].strip(), row[1].split()
                 if not image_id:
                     raise DataError(f"{path}:{line}: empty ImageId")
@@ -204,12 +210,20 @@ def read_loc_val_solution(path: str | os.PathLike) -> dict[str, list[Box]]:
                 for k in range(0, len(tokens), 5):
                     wnid, *nums = tokens[k : k + 5]
                     if _is_number(wnid):
-                        raise DataError(f"{path}:{line}: expected a wnid at token {k + 1}, found the number {wnid!r}")
+                        raise DataError(
+                            f"{path}:{line}: expected a wnid at token {k + 1}, found the number {wnid!r}"
+                        )
                     try:
                         xmin, ymin, xmax, ymax = (float(v) for v in nums)
                     except ValueError:
-                        raise DataError(f"{path}:{line}: box {k // 5 + 1} has a non-numeric coordinate: {nums}") from None
-                    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)) or xmax < xmin or ymax < ymin:
+                        raise DataError(
+                            f"{path}:{line}: box {k // 5 + 1} has a non-numeric coordinate: {nums}"
+                        ) from None
+                    if (
+                        not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax))
+                        or xmax < xmin
+                        or ymax < ymin
+                    ):
                         raise DataError(f"{path}:{line}: box {k // 5 + 1} is invalid: {nums}")
                     boxes.append(Box(wnid, xmin, ymin, xmax, ymax))
         except csv.Error as exc:

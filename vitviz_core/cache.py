@@ -65,8 +65,9 @@ def _data_key(data: Any) -> Any:
     try:
         return {"fingerprint": dataset_fingerprint(data), "n": len(data)}
     except ValueError:
-        raise VitvizError(f"cannot cache a result on a {type(data).__name__}: it cannot be "
-                          "fingerprinted (pass cache=False)") from None
+        raise VitvizError(
+            f"cannot cache a result on a {type(data).__name__}: it cannot be fingerprinted (pass cache=False)"
+        ) from None
 
 
 def _model_key(model: Any) -> Any:
@@ -77,15 +78,25 @@ def _model_key(model: Any) -> Any:
     return repr(model)
 
 
-def cache_key(kind: str, models: Sequence[Any] = (), data: Any = None,
-              settings: Mapping[str, Any] | None = None, code: str = "") -> str:
+def cache_key(
+    kind: str,
+    models: Sequence[Any] = (),
+    data: Any = None,
+    settings: Mapping[str, Any] | None = None,
+    code: str = "",
+) -> str:
     """Hex key of a cached result: kind + models (info and weight hash) + data fingerprint
     + settings + ``code`` (a :func:`code_version` of the modules that compute it)."""
     from vitviz_core.evaluate.records import jsonable
 
-    spec = {"v": _CACHE_VERSION, "kind": kind, "code": code,
-            "models": [_model_key(m) for m in models], "data": _data_key(data),
-            "settings": jsonable(dict(settings or {}))}
+    spec = {
+        "v": _CACHE_VERSION,
+        "kind": kind,
+        "code": code,
+        "models": [_model_key(m) for m in models],
+        "data": _data_key(data),
+        "settings": jsonable(dict(settings or {})),
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=repr).encode()).hexdigest()[:24]
 
 
@@ -133,11 +144,18 @@ def _encode(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
     from vitviz_core.evaluate.probe import LinearProbe
 
     if isinstance(obj, LinearProbe):
-        return {"__linear_probe__": {"features": obj.features, "num_prefix_tokens": obj.num_prefix_tokens,
-                                     "state": _encode(dict(obj.state_dict()), arrays)}}
+        return {
+            "__linear_probe__": {
+                "features": obj.features,
+                "num_prefix_tokens": obj.num_prefix_tokens,
+                "state": _encode(dict(obj.state_dict()), arrays),
+            }
+        }
     if dataclasses.is_dataclass(obj) and cls.__module__.startswith(_PACKAGE):
-        return {"__dataclass__": where,
-                "fields": {f.name: _encode(getattr(obj, f.name), arrays) for f in dataclasses.fields(obj)}}
+        return {
+            "__dataclass__": where,
+            "fields": {f.name: _encode(getattr(obj, f.name), arrays) for f in dataclasses.fields(obj)},
+        }
     raise _Unsupported(where)
 
 
@@ -180,8 +198,9 @@ def _decode(node: Any, arrays: Mapping[str, np.ndarray]) -> Any:
         spec = node["__linear_probe__"]
         state = _decode(spec["state"], arrays)
         weight = state["linear.weight"]  # (K, D)
-        probe = LinearProbe(int(weight.shape[1]), int(weight.shape[0]), str(spec["features"]),
-                            int(spec["num_prefix_tokens"])).to(weight.dtype)
+        probe = LinearProbe(
+            int(weight.shape[1]), int(weight.shape[0]), str(spec["features"]), int(spec["num_prefix_tokens"])
+        ).to(weight.dtype)
         probe.load_state_dict(state)
         return probe.eval()
     if "__dataclass__" in node:
@@ -248,9 +267,17 @@ def cache_path(folder: str, kind: str, key: str) -> Path:
     return config.cache_dir() / folder / f"{kind}-{key}.npz"
 
 
-def cached(kind: str, compute: Callable[[], Any], *, folder: str = "results", models: Sequence[Any] = (),
-           data: Any = None, settings: Mapping[str, Any] | None = None, code: str = "",
-           enabled: bool = True) -> Any:
+def cached(
+    kind: str,
+    compute: Callable[[], Any],
+    *,
+    folder: str = "results",
+    models: Sequence[Any] = (),
+    data: Any = None,
+    settings: Mapping[str, Any] | None = None,
+    code: str = "",
+    enabled: bool = True,
+) -> Any:
     """``compute()``, or its result from ``cache_dir()/<folder>/<kind>-<key>.npz`` when the same
     models, data, settings and code computed it before. A corrupt or foreign cache file is
     recomputed (and never executed: see the module docstring).

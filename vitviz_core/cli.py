@@ -43,8 +43,14 @@ def _cmd_hooks(args: argparse.Namespace) -> int:
     print(f"# {loaded.name} ({loaded.weights_source}); input {tuple(loaded.data_config['input_size'])}")
     headers = ["hook", "module", "layout", "prefix", "channels", "grid"]
     table = [
-        [s.name, s.module_path, s.layout, str(s.num_prefix_tokens), str(s.channels),
-         "x".join(map(str, s.grid)) if s.grid else "-"]
+        [
+            s.name,
+            s.module_path,
+            s.layout,
+            str(s.num_prefix_tokens),
+            str(s.channels),
+            "x".join(map(str, s.grid)) if s.grid else "-",
+        ]
         for s in specs
     ]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
@@ -91,19 +97,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="auto", help="auto | builtin | hub | random | PATH")
     p.add_argument("--hook", default="blocks.6.mlp.hook_post", help="hook name (see `hooks`)")
     p.add_argument("--features", default="0-7", help="e.g. 0-15 or 3,7,42")
-    p.add_argument("--profile", default="cpu", choices=["cpu", "full"],
-                   help="cpu: the fast recipe and a budget of minutes on a laptop (README example about 2 "
-                        "minutes on 2 cores); full: the paper recipe at 400 steps x 8 copies (GPU)")
+    p.add_argument(
+        "--profile",
+        default="cpu",
+        choices=["cpu", "full"],
+        help="cpu: the fast recipe and a budget of minutes on a laptop (README example about 2 "
+        "minutes on 2 cores); full: the paper recipe at 400 steps x 8 copies (GPU)",
+    )
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the profile's)")
-    p.add_argument("--copies", type=int, default=None, help="augmented copies per feature per step "
-                   "(default: the profile's)")
-    p.add_argument("--recipe", default=None, choices=_recipe_names(),
-                   help="; ".join(f"{k}: {v}" for k, v in _recipe_help().items()) + " (default: the profile's)")
-    p.add_argument("--scores", action="store_true", help="print the quality scores of every visualization "
-                   "(activation vs exemplars, spectral naturalness, exemplar agreement)")
+    p.add_argument(
+        "--copies",
+        type=int,
+        default=None,
+        help="augmented copies per feature per step (default: the profile's)",
+    )
+    p.add_argument(
+        "--recipe",
+        default=None,
+        choices=_recipe_names(),
+        help="; ".join(f"{k}: {v}" for k, v in _recipe_help().items()) + " (default: the profile's)",
+    )
+    p.add_argument(
+        "--scores",
+        action="store_true",
+        help="print the quality scores of every visualization "
+        "(activation vs exemplars, spectral naturalness, exemplar agreement)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps")
-    p.add_argument("--image-size", type=int, default=None, help="size of the optimized canvas (resized to the model input); default: the input size")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="size of the optimized canvas (resized to the model input); default: the input size",
+    )
     p.add_argument("--batch-features", type=int, default=None, help="features per optimizer batch")
     p.add_argument("--out", default="grid.png", help="output PNG path")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

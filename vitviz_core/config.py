@@ -79,17 +79,25 @@ def cache_dir() -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME")
         base = xdg or str(Path.home() / ".cache")
         path = Path(base) / "vitviz"
-        origin = f"the default cache folder {path} (XDG_CACHE_HOME={xdg})" if xdg else f"the default cache folder {path}"
+        origin = (
+            f"the default cache folder {path} (XDG_CACHE_HOME={xdg})"
+            if xdg
+            else f"the default cache folder {path}"
+        )
     hint = "set VITVIZ_CACHE to a folder you can write"
     for p in (path, *path.parents):
         if p.exists() or p.is_symlink():
             if not p.is_dir():
                 what = "a file" if p.is_file() else "not a folder"
                 where = "" if p == path else f" ({p} is {what})"
-                raise ConfigError(f"{origin} cannot be used as the cache: {path} is not a folder{where}; {hint}")
+                raise ConfigError(
+                    f"{origin} cannot be used as the cache: {path} is not a folder{where}; {hint}"
+                )
             break
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"{origin}: cannot create the cache folder {path} ({exc.strerror or exc}); {hint}") from exc
+        raise ConfigError(
+            f"{origin}: cannot create the cache folder {path} ({exc.strerror or exc}); {hint}"
+        ) from exc
     return path

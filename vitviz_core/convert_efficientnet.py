@@ -77,9 +77,7 @@ def block_layout(model: torch.nn.Module) -> list[str]:
     ]
 
 
-def convert_efficientnet_pytorch(
-    src: dict[str, torch.Tensor], layout: list[str]
-) -> dict[str, torch.Tensor]:
+def convert_efficientnet_pytorch(src: dict[str, torch.Tensor], layout: list[str]) -> dict[str, torch.Tensor]:
     """Rename an ``efficientnet_pytorch`` EfficientNet(-Lite) state dict to timm keys.
 
     ``layout`` is :func:`block_layout` of the target timm model. Raises ``ValueError`` on

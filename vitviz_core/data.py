@@ -88,7 +88,22 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
 )
 log = logging.getLogger(__name__)
 
@@ -128,7 +143,9 @@ def _imagenet_tables() -> tuple[tuple[str, ...], tuple[str, ...]]:
         wnids = list(info.label_names())
         lemmas = {w: info.label_name_to_description(w) for w in wnids}
     if len(wnids) != 1000 or len(set(wnids)) != 1000:
-        raise DataError(f"timm's ImageNet class list has {len(wnids)} entries, expected 1000 (reinstall timm)")
+        raise DataError(
+            f"timm's ImageNet class list has {len(wnids)} entries, expected 1000 (reinstall timm)"
+        )
     names = [_NAME_FIXES.get(w, lemmas.get(w, w).split(",")[0].strip()) for w in wnids]
     return tuple(wnids), tuple(names)
 
@@ -226,11 +243,16 @@ def _class_folders(root: Path) -> list[tuple[Path, Path]]:
         if not d.is_symlink():
             continue
         if _inside(real_root, real):
-            log.warning("%s: class folder %s links to the dataset root or above it (%s); skipped",
-                        root, d.name, real)
+            log.warning(
+                "%s: class folder %s links to the dataset root or above it (%s); skipped", root, d.name, real
+            )
         elif any(_inside(real, c) or _inside(c, real) for c in claimed):
-            log.warning("%s: class folder %s links to a folder another class already has (%s); skipped",
-                        root, d.name, real)
+            log.warning(
+                "%s: class folder %s links to a folder another class already has (%s); skipped",
+                root,
+                d.name,
+                real,
+            )
         else:
             claimed.append(real)
             kept.append((d, real))
@@ -259,7 +281,11 @@ def find_dataset(name: str = DEFAULT_DATASET, root: str | os.PathLike | None = N
         candidates.append(as_path)
     base = config.data_root(root)
     if base is not None:
-        candidates += [base / name, base / "ILSVRC" / "Data" / "CLS-LOC" / name, base / "Data" / "CLS-LOC" / name]
+        candidates += [
+            base / name,
+            base / "ILSVRC" / "Data" / "CLS-LOC" / name,
+            base / "Data" / "CLS-LOC" / name,
+        ]
         if base.name == name:
             candidates.append(base)
     elif not candidates:
@@ -282,7 +308,7 @@ class Unreadable:
     it as ``x, y, i`` fails at once instead of mixing it into a batch."""
 
     index: int  # the dataset index of the sample
-    file: str   # the file's name (not its path: results are published)
+    file: str  # the file's name (not its path: results are published)
 
 
 class Batch(list):
@@ -291,15 +317,19 @@ class Batch(list):
     items) when every sample of the batch was unreadable. Survives DataLoader workers
     (pickled with its attributes) and ``pin_memory``."""
 
-    def __init__(self, items: Iterable[Any] = (), skipped: Sequence[int] = (),
-                 skipped_files: Sequence[str] = ()) -> None:
+    def __init__(
+        self, items: Iterable[Any] = (), skipped: Sequence[int] = (), skipped_files: Sequence[str] = ()
+    ) -> None:
         super().__init__(items)
         self.skipped: list[int] = [int(i) for i in skipped]
         self.skipped_files: list[str] = [str(f) for f in skipped_files]
 
     def pin_memory(self) -> "Batch":
-        return Batch([t.pin_memory() if isinstance(t, torch.Tensor) else t for t in self],
-                     self.skipped, self.skipped_files)
+        return Batch(
+            [t.pin_memory() if isinstance(t, torch.Tensor) else t for t in self],
+            self.skipped,
+            self.skipped_files,
+        )
 
 
 def collate_skipping(items: Sequence[Any]) -> Batch:
@@ -465,7 +495,9 @@ class ImageFolderDataset(ImageListDataset):
         else:
             flat = sorted(p for p in root.iterdir() if _is_image(p.name, exts) and not _is_folder(p))
             if not flat:
-                raise DataError(f"no images in {root} (looked for {', '.join(sorted(exts))} in it and its subfolders)")
+                raise DataError(
+                    f"no images in {root} (looked for {', '.join(sorted(exts))} in it and its subfolders)"
+                )
             self.layout = "flat"
             entries = [(f, label, label) for f, label in zip(flat, self._flat_labels(flat, labels_file))]
         if per_class is not None:

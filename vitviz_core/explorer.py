@@ -43,13 +43,24 @@ def figure_output(fig: Figure, dpi: int = 100) -> dict:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     w, h = fig.get_size_inches() * dpi
-    return {"output_type": "display_data", "metadata": {},
-            "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
-                     "text/plain": f"<Figure size {w:.0f}x{h:.0f}>"}}
+    return {
+        "output_type": "display_data",
+        "metadata": {},
+        "data": {
+            "image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+            "text/plain": f"<Figure size {w:.0f}x{h:.0f}>",
+        },
+    }
 
 
-def run_into_output(out: Any, work: Callable[[], Figure], *, status: Any = None, busy: str = "working...",
-                    controls: Sequence[Any] = ()) -> bool:
+def run_into_output(
+    out: Any,
+    work: Callable[[], Figure],
+    *,
+    status: Any = None,
+    busy: str = "working...",
+    controls: Sequence[Any] = (),
+) -> bool:
     """Run ``work`` for a widget click and put its figure into the ``Output`` widget ``out``.
 
     While it runs, ``status`` (an ipywidgets ``Label`` or ``None``) reads ``busy`` and the
@@ -101,8 +112,11 @@ def feature_panel(rows: Sequence[dict], *, cell_inches: float = 2.4, fontsize: f
     from vitviz_core.plot import wrap_label
 
     ncols = 1 + max(len(r.get("exemplars", [])) for r in rows)
-    lines = max(wrap_label(t, cell_inches, fontsize).count("\n") + 1 for r in rows
-                for t in [r.get("title", ""), *(r.get("exemplar_labels") or [""])])
+    lines = max(
+        wrap_label(t, cell_inches, fontsize).count("\n") + 1
+        for r in rows
+        for t in [r.get("title", ""), *(r.get("exemplar_labels") or [""])]
+    )
     label_h = lines * fontsize * 1.35 / 72 + 0.08
     fig = Figure(figsize=(ncols * cell_inches * 1.02, len(rows) * (cell_inches + label_h)), dpi=100)
     axes = fig.subplots(len(rows), ncols, squeeze=False)
@@ -119,18 +133,38 @@ def feature_panel(rows: Sequence[dict], *, cell_inches: float = 2.4, fontsize: f
             if maps is not None:
                 m = maps[j].float().cpu().numpy()
                 m = (m - m.min()) / (m.max() - m.min() + 1e-8)
-                ax.imshow(m, cmap="inferno", alpha=0.45, extent=(-0.5, image.shape[-1] - 0.5,
-                                                                  image.shape[-2] - 0.5, -0.5))
+                ax.imshow(
+                    m,
+                    cmap="inferno",
+                    alpha=0.45,
+                    extent=(-0.5, image.shape[-1] - 0.5, image.shape[-2] - 0.5, -0.5),
+                )
             ax.set_title(wrap_label(labels[j], cell_inches, fontsize - 1), fontsize=fontsize - 1)
     height = fig.get_figheight()
-    fig.subplots_adjust(left=0.005, right=0.995, top=1 - label_h / height, bottom=0.005, wspace=0.03,
-                        hspace=label_h / cell_inches + 0.02)
+    fig.subplots_adjust(
+        left=0.005,
+        right=0.995,
+        top=1 - label_h / height,
+        bottom=0.005,
+        wspace=0.03,
+        hspace=label_h / cell_inches + 0.02,
+    )
     return fig
 
 
-def exemplar_rows(loaded: Any, hook: str, features: Sequence[int], vis: Tensor, *,
-                  pool: str = "imagenet-sample-1000", pool_root: Any = None, pool_images: int | None = None,
-                  k: int = 4, progress: bool = False, captions: Sequence[str] | None = None) -> list[dict]:
+def exemplar_rows(
+    loaded: Any,
+    hook: str,
+    features: Sequence[int],
+    vis: Tensor,
+    *,
+    pool: str = "imagenet-sample-1000",
+    pool_root: Any = None,
+    pool_images: int | None = None,
+    k: int = 4,
+    progress: bool = False,
+    captions: Sequence[str] | None = None,
+) -> list[dict]:
     """Rows for :func:`feature_panel`: each feature's visualization beside its top-``k``
     images from the image folder ``pool`` (found under ``pool_root`` or the configured
     data root; ``pool_images`` spread evenly over it) and their activation maps.
@@ -141,24 +175,37 @@ def exemplar_rows(loaded: Any, hook: str, features: Sequence[int], vis: Tensor, 
     from vitviz_core.data import class_name
     from vitviz_core.evaluate.exemplars import activation_maps, find_exemplars
 
-    found = find_exemplars(loaded, None, hooks=[hook], k=k, stats=("mean",), keep_maps=False,
-                           data_name=pool, data_root=pool_root, max_images=pool_images,
-                           progress=progress)
+    found = find_exemplars(
+        loaded,
+        None,
+        hooks=[hook],
+        k=k,
+        stats=("mean",),
+        keep_maps=False,
+        data_name=pool,
+        data_root=pool_root,
+        max_images=pool_images,
+        progress=progress,
+    )
     to_pixels = loaded.pixel_transform()
     rows = []
     for i, f in enumerate(features):
         top = found.top(hook, f, "mean")
-        images = [to_pixels(img) for img in found.images(hook, f, "mean")]     # k x (3, H, W)
-        x = torch.stack([loaded.normalize(img[None])[0] for img in images])     # (k, 3, H, W)
+        images = [to_pixels(img) for img in found.images(hook, f, "mean")]  # k x (3, H, W)
+        x = torch.stack([loaded.normalize(img[None])[0] for img in images])  # (k, 3, H, W)
         maps = activation_maps(loaded, x.to(next(loaded.model.parameters()).device), hook, f)
-        rows.append({
-            "vis": vis[i], "exemplars": images,
-            "title": f"{hook.split('.hook')[0]} #{f}" + (
-                f"\n{captions[i].removeprefix(f'#{f}: ')}" if captions is not None else ""),
-            "maps": maps.cpu(),
-            "exemplar_labels": [f"{class_name(found.labels[j])} ({v:.2f})" if found.labels else f"{v:.2f}"
-                                for j, v in top],
-        })
+        rows.append(
+            {
+                "vis": vis[i],
+                "exemplars": images,
+                "title": f"{hook.split('.hook')[0]} #{f}"
+                + (f"\n{captions[i].removeprefix(f'#{f}: ')}" if captions is not None else ""),
+                "maps": maps.cpu(),
+                "exemplar_labels": [
+                    f"{class_name(found.labels[j])} ({v:.2f})" if found.labels else f"{v:.2f}" for j, v in top
+                ],
+            }
+        )
     return rows
 
 
@@ -176,11 +223,22 @@ class FeatureExplorer:
         max_cached: selections whose results (visualization and exemplars) are kept.
     """
 
-    def __init__(self, models: dict[str, Any], pool: str = "imagenet-sample-1000", *, pool_root: Any = None,
-                 pool_images: int | None = None, hook_template: str = "blocks.{i}.mlp.hook_post",
-                 steps: int = 100, n_augment: int = 4, k: int = 4,
-                 default: tuple[str, int, int] | None = None, seed: int = 0, recipe: str = "paper",
-                 max_cached: int = 32) -> None:
+    def __init__(
+        self,
+        models: dict[str, Any],
+        pool: str = "imagenet-sample-1000",
+        *,
+        pool_root: Any = None,
+        pool_images: int | None = None,
+        hook_template: str = "blocks.{i}.mlp.hook_post",
+        steps: int = 100,
+        n_augment: int = 4,
+        k: int = 4,
+        default: tuple[str, int, int] | None = None,
+        seed: int = 0,
+        recipe: str = "paper",
+        max_cached: int = 32,
+    ) -> None:
         if not models:
             raise ValueError("FeatureExplorer needs at least one model")
         self.models = dict(models)
@@ -200,8 +258,14 @@ class FeatureExplorer:
         """Whether this selection's result is cached (rendering it again needs no optimization)."""
         return (model_name, int(layer), int(feature)) in self._rows
 
-    def _row(self, model_name: str, layer: int, feature: int, progress: bool = False,
-             phase: Callable[[int, str], None] | None = None) -> dict:
+    def _row(
+        self,
+        model_name: str,
+        layer: int,
+        feature: int,
+        progress: bool = False,
+        phase: Callable[[int, str], None] | None = None,
+    ) -> dict:
         """The panel row of one selection, from the cache or computed (and cached)."""
         from vitviz_core.optimize import optimize_features
 
@@ -215,8 +279,16 @@ class FeatureExplorer:
         hook = self.hook_template.format(i=int(layer))
         if phase is not None:
             phase(0, f"optimizing {model_name} {hook} #{feature} ({self.steps} steps)...")
-        res = optimize_features(loaded, hook, [int(feature)], recipe=self.recipe, steps=self.steps,
-                                n_augment=self.n_augment, seed=self.seed, progress=progress)
+        res = optimize_features(
+            loaded,
+            hook,
+            [int(feature)],
+            recipe=self.recipe,
+            steps=self.steps,
+            n_augment=self.n_augment,
+            seed=self.seed,
+            progress=progress,
+        )
         if phase is not None:
             phase(1, f"searching the pool for the exemplars of {hook} #{feature}...")
         row = exemplar_rows(loaded, hook, [int(feature)], res.images, k=self.k, **self.pool)[0]
@@ -246,11 +318,13 @@ class FeatureExplorer:
         name0, layer0, feat0 = self.default
         model = w.Dropdown(options=list(self.models), value=name0, description="model")
         layer = w.IntSlider(value=layer0, min=0, max=self._depth(name0) - 1, description="layer")
-        feature = w.BoundedIntText(value=feat0, min=0, max=self._channels(name0, layer0) - 1,
-                                   description="feature")
+        feature = w.BoundedIntText(
+            value=feat0, min=0, max=self._channels(name0, layer0) - 1, description="feature"
+        )
         button = w.Button(description="Render", button_style="primary")
-        status = w.Label(value="choose a selection and press Render",
-                         layout=w.Layout(width="100%", overflow="hidden"))
+        status = w.Label(
+            value="choose a selection and press Render", layout=w.Layout(width="100%", overflow="hidden")
+        )
         bar = w.IntProgress(value=0, min=0, max=3, description="", layout=w.Layout(width="12em"))
         out = w.Output()
         controls = [model, layer, feature, button]
@@ -276,19 +350,32 @@ class FeatureExplorer:
 
         def on_click(_: Any) -> None:
             cached = self.is_cached(model.value, layer.value, feature.value)
-            run_into_output(out, work, status=status, controls=controls,
-                            busy="from the cache..." if cached else "optimizing...")
+            run_into_output(
+                out,
+                work,
+                status=status,
+                controls=controls,
+                busy="from the cache..." if cached else "optimizing...",
+            )
             if status.value.startswith("done"):  # say what is shown (and whether it was cached)
-                status.value += (f": {model.value} {self.hook_template.format(i=layer.value)} #{feature.value}"
-                                 + (" (cached)" if cached else ""))
+                status.value += (
+                    f": {model.value} {self.hook_template.format(i=layer.value)} #{feature.value}"
+                    + (" (cached)" if cached else "")
+                )
 
         model.observe(on_model, names="value")
         layer.observe(on_layer, names="value")
         button.on_click(on_click)
-        box = _ExplorerBox([w.HBox(controls, layout=w.Layout(flex_flow="row wrap", width="100%")),
-                            w.HBox([bar, status], layout=w.Layout(width="100%")), out])
-        box.controls = dict(model=model, layer=layer, feature=feature, button=button, status=status,
-                            progress=bar, output=out)
+        box = _ExplorerBox(
+            [
+                w.HBox(controls, layout=w.Layout(flex_flow="row wrap", width="100%")),
+                w.HBox([bar, status], layout=w.Layout(width="100%")),
+                out,
+            ]
+        )
+        box.controls = dict(
+            model=model, layer=layer, feature=feature, button=button, status=status, progress=bar, output=out
+        )
         self._widget = box
         return box
 

@@ -63,7 +63,9 @@ class ForegroundModel:
 
     def run_onnx(self, x_norm: Tensor) -> Tensor:
         """Normalized ``(B, 3, 224, 224)`` -> raw graph output ``(B, 1, 224, 224)`` (probabilities)."""
-        out = self.session.run([self.output_name], {self.input_name: x_norm.detach().float().cpu().numpy()})[0]
+        out = self.session.run([self.output_name], {self.input_name: x_norm.detach().float().cpu().numpy()})[
+            0
+        ]
         return torch.from_numpy(out)
 
     @torch.no_grad()
@@ -91,4 +93,6 @@ def load_foreground_model(device: str | torch.device = "cpu") -> ForegroundModel
     try:
         return ForegroundModel(path, device=device)
     except ImportError as err:
-        raise WeightsUnavailableError("the foreground model needs onnxruntime: pip install onnxruntime") from err
+        raise WeightsUnavailableError(
+            "the foreground model needs onnxruntime: pip install onnxruntime"
+        ) from err

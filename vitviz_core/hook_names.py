@@ -45,18 +45,18 @@ __all__ = ["Target", "build_targets", "detect_family", "apply_transform", "TRANS
 class Target:
     """Where one canonical hook name lives inside a model (before shapes are known)."""
 
-    name: str                          # canonical name, e.g. "blocks.3.mlp.hook_post"
-    module_path: str                   # named_modules() path ("" is the model itself)
-    hook_type: str = "output"          # "output": module output; "input": its first positional input;
-                                       # "mask": the attn_mask argument of an attention module
-    transform: tuple[str, ...] = ()    # reshaping steps applied to the raw tensor, see apply_transform
-    layout: str | None = None          # layout after the transform; None -> inferred from the shape
-    prefix: int | None = None          # number of prefix tokens; None -> inferred
-    heads_path: str | None = None      # module whose .num_heads splits heads (q/k/v transforms)
-    context_path: str | None = None    # module whose input shape the transform needs (Swin block)
+    name: str  # canonical name, e.g. "blocks.3.mlp.hook_post"
+    module_path: str  # named_modules() path ("" is the model itself)
+    hook_type: str = "output"  # "output": module output; "input": its first positional input;
+    # "mask": the attn_mask argument of an attention module
+    transform: tuple[str, ...] = ()  # reshaping steps applied to the raw tensor, see apply_transform
+    layout: str | None = None  # layout after the transform; None -> inferred from the shape
+    prefix: int | None = None  # number of prefix tokens; None -> inferred
+    heads_path: str | None = None  # module whose .num_heads splits heads (q/k/v transforms)
+    context_path: str | None = None  # module whose input shape the transform needs (Swin block)
     description: str = ""
-    channels: int | None = None        # known channel count (timm feature_info): the layout must be
-                                       # provable from it, else resolving is a HookError
+    channels: int | None = None  # known channel count (timm feature_info): the layout must be
+    # provable from it, else resolving is a HookError
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,8 +73,9 @@ def _split_heads(t: torch.Tensor, parts: int, index: int, heads: int) -> torch.T
     return t.reshape(B, L, parts, heads, d)[:, :, index].permute(0, 2, 1, 3)  # (B, heads, L, d)
 
 
-def _swin_unwindow(t: torch.Tensor, hw: tuple[int, int], window: tuple[int, int],
-                   shift: tuple[int, int]) -> torch.Tensor:
+def _swin_unwindow(
+    t: torch.Tensor, hw: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> torch.Tensor:
     """Swin windows (nW*B, N, F) -> tokens in image order (B, H*W, F).
 
     Undoes timm's cyclic shift, padding and ``window_partition`` (see ``SwinTransformerBlock._attn``).
@@ -92,8 +93,9 @@ def _swin_unwindow(t: torch.Tensor, hw: tuple[int, int], window: tuple[int, int]
     return x.reshape(B, H * W, F)  # (B, L, F)
 
 
-def apply_transform(target: Target, t: torch.Tensor, model: nn.Module,
-                    context: dict[str, tuple[int, ...]] | None = None) -> torch.Tensor:
+def apply_transform(
+    target: Target, t: torch.Tensor, model: nn.Module, context: dict[str, tuple[int, ...]] | None = None
+) -> torch.Tensor:
     """Apply a target's reshaping steps to the raw hooked tensor ``t``.
 
     ``context`` maps ``target.context_path`` to that module's input shape in this forward pass.
@@ -119,14 +121,18 @@ def apply_transform(target: Target, t: torch.Tensor, model: nn.Module,
 # family detection
 # --------------------------------------------------------------------------------------------
 
+
 def _cls(m: nn.Module) -> str:
     return type(m).__name__
 
 
 def _is_block_list(seq: object) -> bool:
     """A ModuleList/Sequential of transformer blocks (each with an ``mlp``)."""
-    return isinstance(seq, (nn.ModuleList, nn.Sequential)) and len(seq) > 0 and all(
-        hasattr(b, "mlp") for b in seq)
+    return (
+        isinstance(seq, (nn.ModuleList, nn.Sequential))
+        and len(seq) > 0
+        and all(hasattr(b, "mlp") for b in seq)
+    )
 
 
 def detect_family(model: nn.Module) -> str:
@@ -159,8 +165,13 @@ def detect_family(model: nn.Module) -> str:
 
 #: classes whose stages come from timm's ``feature_info`` (any other class with ``stages.{k}``
 #: entries there gets the family "staged")
-_FEATURE_INFO_FAMILIES = {"Levit": "levit", "LevitDistilled": "levit", "MaxxVit": "maxvit",
-                          "EfficientFormer": "efficientformer", "EfficientFormerV2": "efficientformer"}
+_FEATURE_INFO_FAMILIES = {
+    "Levit": "levit",
+    "LevitDistilled": "levit",
+    "MaxxVit": "maxvit",
+    "EfficientFormer": "efficientformer",
+    "EfficientFormerV2": "efficientformer",
+}
 
 
 def _feature_stages(model: nn.Module) -> list[tuple[str, int]]:
@@ -170,8 +181,14 @@ def _feature_stages(model: nn.Module) -> list[tuple[str, int]]:
     for entry in info if isinstance(info, (list, tuple)) else ():
         path = entry.get("module") if isinstance(entry, dict) else None
         chs = entry.get("num_chs") if isinstance(entry, dict) else None
-        if (isinstance(path, str) and isinstance(chs, int) and path.split(".")[0] == "stages"
-                and path.count(".") == 1 and path.split(".")[1].isdigit() and _has_path(model, path)):
+        if (
+            isinstance(path, str)
+            and isinstance(chs, int)
+            and path.split(".")[0] == "stages"
+            and path.count(".") == 1
+            and path.split(".")[1].isdigit()
+            and _has_path(model, path)
+        ):
             out.append((path, chs))
     return out
 
@@ -179,6 +196,7 @@ def _feature_stages(model: nn.Module) -> list[tuple[str, int]]:
 # --------------------------------------------------------------------------------------------
 # name tables
 # --------------------------------------------------------------------------------------------
+
 
 def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
@@ -192,8 +210,7 @@ def _attn_module(block: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
-def _attn_targets(name: str, bpath: str, block: nn.Module, prefix: int | None,
-                  swin: bool) -> list[Target]:
+def _attn_targets(name: str, bpath: str, block: nn.Module, prefix: int | None, swin: bool) -> list[Target]:
     """q/k/v/pattern/z/result for the attention module of one block (where they exist)."""
     found = _attn_module(block)
     if found is None:
@@ -213,40 +230,106 @@ def _attn_targets(name: str, bpath: str, block: nn.Module, prefix: int | None,
     if kind == "Attention" and all(has(a) for a in ("qkv", "q_norm", "k_norm")):
         # timm.layers.Attention (ViT, DeiT, CLIP, DINOv2, PiT): q/k after the optional qk-norm
         out += [
-            Target(f"{n}.hook_q", _join(ap, "q_norm"), "output", (), "BHLD", prefix, ap, None,
-                   "queries (B, heads, L, d), after q-norm, before scaling"),
-            Target(f"{n}.hook_k", _join(ap, "k_norm"), "output", (), "BHLD", prefix, ap, None,
-                   "keys (B, heads, L, d), after k-norm"),
+            Target(
+                f"{n}.hook_q",
+                _join(ap, "q_norm"),
+                "output",
+                (),
+                "BHLD",
+                prefix,
+                ap,
+                None,
+                "queries (B, heads, L, d), after q-norm, before scaling",
+            ),
+            Target(
+                f"{n}.hook_k",
+                _join(ap, "k_norm"),
+                "output",
+                (),
+                "BHLD",
+                prefix,
+                ap,
+                None,
+                "keys (B, heads, L, d), after k-norm",
+            ),
             qkv_target("hook_v", _join(ap, "qkv"), ("qkv:2",), "values (B, heads, L, d)"),
         ]
     elif kind in ("MHSA", "WindowAttention", "FactorAttnConvRelPosEnc") and has("qkv"):
-        out += [qkv_target(f"hook_{c}", _join(ap, "qkv"), (f"qkv:{i}",), f"{c} (B, heads, L, d)")
-                for i, c in enumerate("qkv")]
+        out += [
+            qkv_target(f"hook_{c}", _join(ap, "qkv"), (f"qkv:{i}",), f"{c} (B, heads, L, d)")
+            for i, c in enumerate("qkv")
+        ]
     elif kind == "GPSA" and has("qk") and has("v"):
-        out += [qkv_target("hook_q", _join(ap, "qk"), ("qk:0",), "queries (B, heads, L, d)"),
-                qkv_target("hook_k", _join(ap, "qk"), ("qk:1",), "keys (B, heads, L, d)"),
-                qkv_target("hook_v", _join(ap, "v"), ("heads",), "values (B, heads, L, d)")]
+        out += [
+            qkv_target("hook_q", _join(ap, "qk"), ("qk:0",), "queries (B, heads, L, d)"),
+            qkv_target("hook_k", _join(ap, "qk"), ("qk:1",), "keys (B, heads, L, d)"),
+            qkv_target("hook_v", _join(ap, "v"), ("heads",), "values (B, heads, L, d)"),
+        ]
     elif kind == "GlobalSubSampleAttn" and has("q") and has("kv"):
-        out += [qkv_target("hook_q", _join(ap, "q"), ("heads",), "queries (B, heads, L, d)"),
-                qkv_target("hook_k", _join(ap, "kv"), ("kv:0",),
-                           "keys (B, heads, L', d) on the sub-sampled grid"),
-                qkv_target("hook_v", _join(ap, "kv"), ("kv:1",),
-                           "values (B, heads, L', d) on the sub-sampled grid")]
+        out += [
+            qkv_target("hook_q", _join(ap, "q"), ("heads",), "queries (B, heads, L, d)"),
+            qkv_target(
+                "hook_k", _join(ap, "kv"), ("kv:0",), "keys (B, heads, L', d) on the sub-sampled grid"
+            ),
+            qkv_target(
+                "hook_v", _join(ap, "kv"), ("kv:1",), "values (B, heads, L', d) on the sub-sampled grid"
+            ),
+        ]
     # attention pattern: only where the full (non-windowed) softmax passes through attn_drop
     if kind in ("Attention", "MHSA", "GPSA", "GlobalSubSampleAttn") and has("attn_drop"):
-        out.append(Target(f"{n}.hook_pattern", _join(ap, "attn_drop"), "output", (), "BHLL", prefix, ap,
-                          None, "attention probabilities (B, heads, L_query, L_key); needs unfused attention"))
+        out.append(
+            Target(
+                f"{n}.hook_pattern",
+                _join(ap, "attn_drop"),
+                "output",
+                (),
+                "BHLL",
+                prefix,
+                ap,
+                None,
+                "attention probabilities (B, heads, L_query, L_key); needs unfused attention",
+            )
+        )
     if _takes_attn_mask(attn):
-        out.append(Target(f"{n}.hook_mask", ap, "mask", (), "BHLL", prefix, ap, None,
-                          "attention mask (B, 1, L_query, L_key) entering the attention: boolean, True = "
-                          "may attend (all True when the model passes none); edit it to cut attention "
-                          "edges"))
+        out.append(
+            Target(
+                f"{n}.hook_mask",
+                ap,
+                "mask",
+                (),
+                "BHLL",
+                prefix,
+                ap,
+                None,
+                "attention mask (B, 1, L_query, L_key) entering the attention: boolean, True = "
+                "may attend (all True when the model passes none); edit it to cut attention "
+                "edges",
+            )
+        )
     if isinstance(getattr(attn, "proj", None), nn.Linear):
         out += [
-            Target(f"{n}.hook_z", _join(ap, "proj"), "input", win, None, prefix, None, ctx,
-                   "attention-weighted values, heads concatenated (input of attn.proj)"),
-            Target(f"{n}.hook_result", _join(ap, "proj"), "output", win, None, prefix, None, ctx,
-                   "attention output projection (output of attn.proj)"),
+            Target(
+                f"{n}.hook_z",
+                _join(ap, "proj"),
+                "input",
+                win,
+                None,
+                prefix,
+                None,
+                ctx,
+                "attention-weighted values, heads concatenated (input of attn.proj)",
+            ),
+            Target(
+                f"{n}.hook_result",
+                _join(ap, "proj"),
+                "output",
+                win,
+                None,
+                prefix,
+                None,
+                ctx,
+                "attention output projection (output of attn.proj)",
+            ),
         ]
     return out
 
@@ -270,61 +353,167 @@ def _mlp_targets(name: str, bpath: str, block: nn.Module, prefix: int | None) ->
     out: list[Target] = []
     gated = hasattr(mlp, "fc1_g") or "glu" in _cls(mlp).lower()
     if isinstance(getattr(mlp, "fc1", None), nn.Module):
-        out.append(Target(f"{n}.hook_pre", _join(mp, "fc1"), "output", (), None, prefix,
-                          description="FFN first linear layer output (before the activation)"))
+        out.append(
+            Target(
+                f"{n}.hook_pre",
+                _join(mp, "fc1"),
+                "output",
+                (),
+                None,
+                prefix,
+                description="FFN first linear layer output (before the activation)",
+            )
+        )
     if gated and isinstance(getattr(mlp, "fc2", None), nn.Module):
-        out.append(Target(f"{n}.hook_post", _join(mp, "fc2"), "input", (), None, prefix,
-                          description="FFN hidden features after gating (input of fc2)"))
+        out.append(
+            Target(
+                f"{n}.hook_post",
+                _join(mp, "fc2"),
+                "input",
+                (),
+                None,
+                prefix,
+                description="FFN hidden features after gating (input of fc2)",
+            )
+        )
     elif isinstance(getattr(mlp, "act", None), nn.Module):
-        out.append(Target(f"{n}.hook_post", _join(mp, "act"), "output", (), None, prefix,
-                          description="FFN hidden features after the activation (paper default)"))
+        out.append(
+            Target(
+                f"{n}.hook_post",
+                _join(mp, "act"),
+                "output",
+                (),
+                None,
+                prefix,
+                description="FFN hidden features after the activation (paper default)",
+            )
+        )
     out.append(Target(f"{n}.hook_out", mp, "output", (), None, prefix, description="FFN output"))
     return out
 
 
-def _transformer_block_targets(name: str, bpath: str, block: nn.Module, prefix: int | None,
-                               swin: bool = False) -> list[Target]:
+def _transformer_block_targets(
+    name: str, bpath: str, block: nn.Module, prefix: int | None, swin: bool = False
+) -> list[Target]:
     t = [
         Target(name, bpath, "output", (), None, prefix, description="block output (= hook_resid_post)"),
-        Target(f"{name}.hook_resid_pre", bpath, "input", (), None, prefix, description="residual stream entering the block"),
+        Target(
+            f"{name}.hook_resid_pre",
+            bpath,
+            "input",
+            (),
+            None,
+            prefix,
+            description="residual stream entering the block",
+        ),
     ]
     if isinstance(getattr(block, "norm2", None), nn.Module):
-        t.append(Target(f"{name}.hook_resid_mid", _join(bpath, "norm2"), "input", (), None, prefix,
-                        description="residual stream after attention, before the FFN (input of norm2)"))
-    t.append(Target(f"{name}.hook_resid_post", bpath, "output", (), None, prefix,
-                    description="residual stream leaving the block"))
+        t.append(
+            Target(
+                f"{name}.hook_resid_mid",
+                _join(bpath, "norm2"),
+                "input",
+                (),
+                None,
+                prefix,
+                description="residual stream after attention, before the FFN (input of norm2)",
+            )
+        )
+    t.append(
+        Target(
+            f"{name}.hook_resid_post",
+            bpath,
+            "output",
+            (),
+            None,
+            prefix,
+            description="residual stream leaving the block",
+        )
+    )
     found = _attn_module(block)
     if isinstance(getattr(block, "ls1", None), nn.Module):
-        t.append(Target(f"{name}.hook_attn_out", _join(bpath, "ls1"), "output", (), None, prefix,
-                        description="attention branch added to the residual (after LayerScale)"))
+        t.append(
+            Target(
+                f"{name}.hook_attn_out",
+                _join(bpath, "ls1"),
+                "output",
+                (),
+                None,
+                prefix,
+                description="attention branch added to the residual (after LayerScale)",
+            )
+        )
     elif found is not None:
         win = ("swin_unwindow",) if swin else ()
-        t.append(Target(f"{name}.hook_attn_out", _join(bpath, found[0]), "output", win, None, prefix,
-                        context_path=bpath if swin else None,
-                        description="attention branch added to the residual"))
+        t.append(
+            Target(
+                f"{name}.hook_attn_out",
+                _join(bpath, found[0]),
+                "output",
+                win,
+                None,
+                prefix,
+                context_path=bpath if swin else None,
+                description="attention branch added to the residual",
+            )
+        )
     if isinstance(getattr(block, "ls2", None), nn.Module):
-        t.append(Target(f"{name}.hook_mlp_out", _join(bpath, "ls2"), "output", (), None, prefix,
-                        description="FFN branch added to the residual (after LayerScale)"))
+        t.append(
+            Target(
+                f"{name}.hook_mlp_out",
+                _join(bpath, "ls2"),
+                "output",
+                (),
+                None,
+                prefix,
+                description="FFN branch added to the residual (after LayerScale)",
+            )
+        )
     elif isinstance(getattr(block, "mlp", None), nn.Module):
-        t.append(Target(f"{name}.hook_mlp_out", _join(bpath, "mlp"), "output", (), None, prefix,
-                        description="FFN branch added to the residual"))
+        t.append(
+            Target(
+                f"{name}.hook_mlp_out",
+                _join(bpath, "mlp"),
+                "output",
+                (),
+                None,
+                prefix,
+                description="FFN branch added to the residual",
+            )
+        )
     t += _attn_targets(name, bpath, block, prefix, swin)
     t += _mlp_targets(name, bpath, block, prefix)
     return t
 
 
-def _model_level(model: nn.Module, embed: str | None, final: str | None, final_prefix: int | None = None,
-                 embed_desc: str = "patch embedding output") -> tuple[list[Target], list[Target]]:
+def _model_level(
+    model: nn.Module,
+    embed: str | None,
+    final: str | None,
+    final_prefix: int | None = None,
+    embed_desc: str = "patch embedding output",
+) -> tuple[list[Target], list[Target]]:
     """hook_embed (first) and hook_final, hook_logits (last)."""
     first: list[Target] = []
     last: list[Target] = []
     if embed is not None and _has_path(model, embed):
         first.append(Target("hook_embed", embed, "output", (), None, 0, description=embed_desc))
     if final is not None and _has_path(model, final):
-        last.append(Target("hook_final", final, "output", (), None, final_prefix,
-                           description="final features before pooling / head"))
+        last.append(
+            Target(
+                "hook_final",
+                final,
+                "output",
+                (),
+                None,
+                final_prefix,
+                description="final features before pooling / head",
+            )
+        )
     if int(getattr(model, "num_classes", 0) or 0) > 0:
-        last.append(Target("hook_logits", "", "output", (), None, None, description="model output (class logits)"))
+        last.append(
+            Target("hook_logits", "", "output", (), None, None, description="model output (class logits)")
+        )
     return first, last
 
 
@@ -351,22 +540,38 @@ def _vit_like(model: nn.Module, family: str) -> list[Target]:
     return targets + last
 
 
-def _stages(model: nn.Module, family: str) -> list[tuple[str | None, list[tuple[str, nn.Module]], str | None]]:
+def _stages(
+    model: nn.Module, family: str
+) -> list[tuple[str | None, list[tuple[str, nn.Module]], str | None]]:
     """Per stage: (stage module path or None, [(block path, block)], stage-output path)."""
     stages: list[tuple[str | None, list[tuple[str, nn.Module]], str | None]] = []
     if family == "pit":
         for s, st in enumerate(model.transformers):
-            stages.append((f"transformers.{s}", [(f"transformers.{s}.blocks.{j}", b) for j, b in enumerate(st.blocks)],
-                           f"transformers.{s}"))
+            stages.append(
+                (
+                    f"transformers.{s}",
+                    [(f"transformers.{s}.blocks.{j}", b) for j, b in enumerate(st.blocks)],
+                    f"transformers.{s}",
+                )
+            )
     elif family == "swin":
         for s, st in enumerate(model.layers):
-            stages.append((f"layers.{s}", [(f"layers.{s}.blocks.{j}", b) for j, b in enumerate(st.blocks)],
-                           f"layers.{s}"))
+            stages.append(
+                (
+                    f"layers.{s}",
+                    [(f"layers.{s}.blocks.{j}", b) for j, b in enumerate(st.blocks)],
+                    f"layers.{s}",
+                )
+            )
     elif family == "twins":
         for s, blocks in enumerate(model.blocks):
             blks = [(f"blocks.{s}.{j}", b) for j, b in enumerate(blocks)]
             # the PEG (pos_block) runs after block 0, so a 1-block stage ends with it
-            end = f"pos_block.{s}" if len(blks) == 1 and s < len(model.pos_block) else (blks[-1][0] if blks else None)
+            end = (
+                f"pos_block.{s}"
+                if len(blks) == 1 and s < len(model.pos_block)
+                else (blks[-1][0] if blks else None)
+            )
             stages.append((None, blks, end))
     elif family == "coat":
         for k in range(1, 5):
@@ -383,11 +588,18 @@ def _stages(model: nn.Module, family: str) -> list[tuple[str | None, list[tuple[
             layer = getattr(model, f"layer{s + 1}", None)
             if layer is None:
                 break
-            stages.append((f"layer{s + 1}", [(f"layer{s + 1}.{j}", b) for j, b in enumerate(layer)], f"layer{s + 1}"))
+            stages.append(
+                (f"layer{s + 1}", [(f"layer{s + 1}.{j}", b) for j, b in enumerate(layer)], f"layer{s + 1}")
+            )
     elif family == "convnext":
         for s, st in enumerate(model.stages):
-            stages.append((f"stages.{s}", [(f"stages.{s}.blocks.{j}", b) for j, b in enumerate(st.blocks)],
-                           f"stages.{s}"))
+            stages.append(
+                (
+                    f"stages.{s}",
+                    [(f"stages.{s}.blocks.{j}", b) for j, b in enumerate(st.blocks)],
+                    f"stages.{s}",
+                )
+            )
     return stages
 
 
@@ -408,7 +620,9 @@ def _hierarchical(model: nn.Module, family: str) -> list[Target]:
         embed = "act1"
     cnn = family in ("efficientnet", "resnet", "convnext")
     if family == "pit":
-        prefix: int | None = int(model.cls_token.shape[1]) if getattr(model, "cls_token", None) is not None else 0
+        prefix: int | None = (
+            int(model.cls_token.shape[1]) if getattr(model, "cls_token", None) is not None else 0
+        )
     elif family == "coat":
         prefix = 1
     elif cnn:
@@ -427,8 +641,9 @@ def _hierarchical(model: nn.Module, family: str) -> list[Target]:
         if end is not None:
             # stage outputs: tokens (CoaT with its CLS, Twins), NHWC (Swin) or NCHW (PiT, CNNs)
             stage_prefix = prefix if family in ("coat", "twins", "swin") else None
-            targets.append(Target(f"stages.{s}", end, "output", (), None, stage_prefix,
-                                  description="stage output"))
+            targets.append(
+                Target(f"stages.{s}", end, "output", (), None, stage_prefix, description="stage output")
+            )
     return targets + last
 
 
@@ -446,13 +661,23 @@ def _from_feature_info(model: nn.Module) -> list[Target]:
         if isinstance(blocks, (nn.Sequential, nn.ModuleList)):
             for j, blk in enumerate(blocks):
                 bpath, name = f"{path}.{sub}{j}", f"{path}.blocks.{j}"
-                targets.append(Target(name, bpath, "output", (), None, None, description="block output",
-                                      channels=chs))
+                targets.append(
+                    Target(name, bpath, "output", (), None, None, description="block output", channels=chs)
+                )
                 if isinstance(getattr(blk, "mlp", None), nn.Module):
-                    targets.append(Target(f"{name}.mlp.hook_out", f"{bpath}.mlp", "output", (), None, None,
-                                          description="FFN output", channels=chs))
-        targets.append(Target(path, path, "output", (), None, None, description="stage output",
-                              channels=chs))
+                    targets.append(
+                        Target(
+                            f"{name}.mlp.hook_out",
+                            f"{bpath}.mlp",
+                            "output",
+                            (),
+                            None,
+                            None,
+                            description="FFN output",
+                            channels=chs,
+                        )
+                    )
+        targets.append(Target(path, path, "output", (), None, None, description="stage output", channels=chs))
     return targets + last
 
 
@@ -467,4 +692,3 @@ def build_targets(model: nn.Module) -> tuple[str, list[Target]]:
         return family, _from_feature_info(model)
     first, last = _model_level(model, None, None)
     return family, first + last
-

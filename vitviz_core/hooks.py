@@ -66,8 +66,16 @@ from torch import Tensor, nn
 from .errors import HookError
 from .hook_names import Target, apply_transform, build_targets
 
-__all__ = ["HookSpec", "resolve_hook", "list_hooks", "capture", "to_patch_maps", "default_input_size",
-           "model_family", "LAYOUTS"]
+__all__ = [
+    "HookSpec",
+    "resolve_hook",
+    "list_hooks",
+    "capture",
+    "to_patch_maps",
+    "default_input_size",
+    "model_family",
+    "LAYOUTS",
+]
 
 #: layouts a HookSpec can have ("NC": one vector per image, e.g. logits)
 LAYOUTS = ("NLC", "NHWC", "NCHW", "BHLD", "BHLL", "NC")
@@ -84,15 +92,15 @@ _PROBE_BATCH = 2
 class HookSpec:
     """Where a hook point lives and what the captured tensor looks like."""
 
-    name: str                     # canonical name, e.g. "blocks.3.mlp.hook_post", or a raw module path
-    module_path: str              # timm named_modules() path the hook is attached to ("" = the model)
-    layout: str                   # "NLC", "NHWC", "NCHW", "BHLD", "BHLL" or "NC"
-    num_prefix_tokens: int        # CLS/dist/register tokens at the front of L (0 for non-token layouts)
-    channels: int                 # C (features you can maximize); BHLD: heads*head_dim; BHLL: heads
+    name: str  # canonical name, e.g. "blocks.3.mlp.hook_post", or a raw module path
+    module_path: str  # timm named_modules() path the hook is attached to ("" = the model)
+    layout: str  # "NLC", "NHWC", "NCHW", "BHLD", "BHLL" or "NC"
+    num_prefix_tokens: int  # CLS/dist/register tokens at the front of L (0 for non-token layouts)
+    channels: int  # C (features you can maximize); BHLD: heads*head_dim; BHLL: heads
     grid: tuple[int, int] | None  # spatial patch grid (H, W) at the model's default input size
-    depth: int                    # order of the hook in the forward pass (for early stop)
-    hook_type: str = "output"     # "output": the module's output; "input": its first input
-    shape: tuple[int, ...] = ()   # per-image shape (batch dim dropped) at the default input size
+    depth: int  # order of the hook in the forward pass (for early stop)
+    hook_type: str = "output"  # "output": the module's output; "input": its first input
+    shape: tuple[int, ...] = ()  # per-image shape (batch dim dropped) at the default input size
     description: str = ""
 
 
@@ -104,11 +112,12 @@ class _StopForward(Exception):
 # per-model cache: canonical targets and probe results
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Probe:
     input_size: tuple[int, int]
-    shapes: dict[tuple[str, str], tuple[int, ...]]   # (path, "input"/"output") -> shape of first call
-    order: dict[tuple[str, str], int]                # (path, "input"/"output") -> event index
+    shapes: dict[tuple[str, str], tuple[int, ...]]  # (path, "input"/"output") -> shape of first call
+    order: dict[tuple[str, str], int]  # (path, "input"/"output") -> event index
 
 
 @dataclass
@@ -167,8 +176,13 @@ def _info(model: nn.Module) -> _ModelInfo:
     info = _INFO.get(model)
     if info is None or info.n_modules != n_modules:
         family, targets = build_targets(model)
-        info = _ModelInfo(n_modules, family, {t.name: t for t in targets}, default_input_size(model),
-                          _model_prefix(model, family))
+        info = _ModelInfo(
+            n_modules,
+            family,
+            {t.name: t for t in targets},
+            default_input_size(model),
+            _model_prefix(model, family),
+        )
         _INFO[model] = info
     return info
 
@@ -234,11 +248,13 @@ def _run_probe(model: nn.Module, size: tuple[int, int]) -> _Probe:
     def make_pre(path: str):
         def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
             record(path, "input", _first_tensor(args) if args else _first_tensor(list(kwargs.values())))
+
         return pre
 
     def make_post(path: str):
         def post(module: nn.Module, args: tuple, output: Any) -> None:
             record(path, "output", _first_tensor(output))
+
         return post
 
     modes = [(m, m.training) for m in model.modules()]
@@ -253,8 +269,10 @@ def _run_probe(model: nn.Module, size: tuple[int, int]) -> _Probe:
         with torch.no_grad(), _FusedAttnOff(model):
             model(x)
     except Exception as e:
-        raise HookError(f"could not run a probe forward pass at input size {size}: "
-                        f"{type(e).__name__}: {e}; pass input_size=(H, W) that the model accepts") from e
+        raise HookError(
+            f"could not run a probe forward pass at input size {size}: "
+            f"{type(e).__name__}: {e}; pass input_size=(H, W) that the model accepts"
+        ) from e
     finally:
         for h in handles:
             h.remove()
@@ -273,6 +291,7 @@ def _probe(model: nn.Module, info: _ModelInfo, size: tuple[int, int]) -> _Probe:
 # --------------------------------------------------------------------------------------------
 # layout inference
 # --------------------------------------------------------------------------------------------
+
 
 def _ratio_ok(h: int, w: int, size: tuple[int, int], tol: float = 0.2) -> bool:
     return h > 0 and w > 0 and abs(math.log(h / w) - math.log(size[0] / size[1])) < tol
@@ -301,7 +320,9 @@ def _grid_for(n: int, size: tuple[int, int]) -> tuple[int, int] | None:
     return best[1] if best is not None and best[0] < 0.2 else None
 
 
-def _tokens(L: int, hint: int | None, model_prefix: int | None, size: tuple[int, int]) -> tuple[int, tuple[int, int] | None]:
+def _tokens(
+    L: int, hint: int | None, model_prefix: int | None, size: tuple[int, int]
+) -> tuple[int, tuple[int, int] | None]:
     """(num_prefix_tokens, grid) for L tokens: the hint if it fits a grid, else a search."""
     if hint is not None and 0 <= hint <= L:
         g = _grid_for(L - hint, size)
@@ -316,8 +337,9 @@ def _tokens(L: int, hint: int | None, model_prefix: int | None, size: tuple[int,
     return (hint if hint is not None and 0 <= hint <= L else 0), None
 
 
-def _describe(shape: tuple[int, ...], layout: str | None, hint: int | None, info: _ModelInfo,
-              size: tuple[int, int]) -> tuple[str, int, int, tuple[int, int] | None] | None:
+def _describe(
+    shape: tuple[int, ...], layout: str | None, hint: int | None, info: _ModelInfo, size: tuple[int, int]
+) -> tuple[str, int, int, tuple[int, int] | None] | None:
     """(layout, num_prefix_tokens, channels, grid) for an activation of ``shape``; None if unsupported."""
     nd = len(shape)
     if layout in ("BHLD", "BHLL") and nd == 4:
@@ -349,6 +371,7 @@ def _describe(shape: tuple[int, ...], layout: str | None, hint: int | None, info
 # resolution
 # --------------------------------------------------------------------------------------------
 
+
 def _raw_paths(probe: _Probe) -> list[str]:
     return [p for (p, k) in probe.order if k == "output" and p and (p, "output") in probe.shapes]
 
@@ -374,12 +397,24 @@ def _raw_target(model: nn.Module, info: _ModelInfo, path: str, probe: _Probe) ->
     best: Target | None = None
     for t in info.targets.values():
         mp = t.module_path
-        if (mp and t.prefix is not None and not t.transform and t.layout is None
-                and (path == mp or path.startswith(mp + "."))):
+        if (
+            mp
+            and t.prefix is not None
+            and not t.transform
+            and t.layout is None
+            and (path == mp or path.startswith(mp + "."))
+        ):
             if best is None or len(mp) > len(best.module_path):
                 best = t
-    return Target(path, path, "output", (), layout, best.prefix if best else None,
-                  description=f"raw module output ({type(module).__name__})")
+    return Target(
+        path,
+        path,
+        "output",
+        (),
+        layout,
+        best.prefix if best else None,
+        description=f"raw module output ({type(module).__name__})",
+    )
 
 
 def _index_error(model: nn.Module, info: _ModelInfo, name: str, names: list[str]) -> HookError | None:
@@ -397,8 +432,9 @@ def _index_error(model: nn.Module, info: _ModelInfo, name: str, names: list[str]
             what = parts[pos].rstrip(".").split(".")[-1] or "index"
             owner = "".join(p + str(v) for p, v in zip(parts[:pos], nums[:pos])).rstrip(".")
             where = f"{owner} has" if owner else f"this {info.family} model has"
-            return HookError(f"hook {name!r}: {what} index {val} is out of range; {where} {what} "
-                             f"{valid[0]}..{valid[-1]}")
+            return HookError(
+                f"hook {name!r}: {what} index {val} is out of range; {where} {what} {valid[0]}..{valid[-1]}"
+            )
     return None
 
 
@@ -418,8 +454,10 @@ def _target(model: nn.Module, info: _ModelInfo, name: str, probe: _Probe) -> Tar
     except AttributeError:
         exists = False
     if exists:
-        raise HookError(f"module {name!r} does not run in a forward pass at input size {probe.input_size}; "
-                        f"pick another module (see list_hooks(model, include_raw=True))")
+        raise HookError(
+            f"module {name!r} does not run in a forward pass at input size {probe.input_size}; "
+            f"pick another module (see list_hooks(model, include_raw=True))"
+        )
     names = list(info.targets) + _raw_paths(probe)
     err = _index_error(model, info, name, names)
     if err is not None:
@@ -430,8 +468,9 @@ def _target(model: nn.Module, info: _ModelInfo, name: str, probe: _Probe) -> Tar
     else:
         examples = [n for n in info.targets if n.endswith("mlp.hook_post")][:2] or list(info.targets)[:3]
         hint = f"; e.g. {', '.join(examples)}" if examples else "; use a named_modules() path"
-    raise HookError(f"unknown hook {name!r} for this {info.family} model{hint} "
-                    f"(list_hooks(model) shows all names)")
+    raise HookError(
+        f"unknown hook {name!r} for this {info.family} model{hint} (list_hooks(model) shows all names)"
+    )
 
 
 def _spec(model: nn.Module, info: _ModelInfo, t: Target, probe: _Probe) -> HookSpec:
@@ -443,8 +482,10 @@ def _spec(model: nn.Module, info: _ModelInfo, t: Target, probe: _Probe) -> HookS
     if shape is not None and t.hook_type == "mask":  # tokens (B, L, C) -> mask (B, 1, L, L)
         shape = (shape[0], 1, shape[1], shape[1]) if len(shape) == 3 else None
     if shape is None:
-        raise HookError(f"hook {t.name!r}: module {t.module_path!r} did not run in a forward pass at "
-                        f"input size {probe.input_size}")
+        raise HookError(
+            f"hook {t.name!r}: module {t.module_path!r} did not run in a forward pass at "
+            f"input size {probe.input_size}"
+        )
     if t.transform:
         ctx = {}
         if t.context_path is not None:
@@ -457,18 +498,30 @@ def _spec(model: nn.Module, info: _ModelInfo, t: Target, probe: _Probe) -> HookS
     else:
         desc = _describe(shape, t.layout, t.prefix, info, probe.input_size)
     if desc is None:
-        raise HookError(f"hook {t.name!r}: activation shape {shape} has no supported layout "
-                        f"(expected 2-4 dims); hook a different module")
+        raise HookError(
+            f"hook {t.name!r}: activation shape {shape} has no supported layout "
+            f"(expected 2-4 dims); hook a different module"
+        )
     layout, prefix, channels, grid = desc
-    spec = HookSpec(name=t.name, module_path=t.module_path, layout=layout, num_prefix_tokens=prefix,
-                    channels=int(channels), grid=grid, depth=probe.order[(t.module_path, kind)],
-                    hook_type=t.hook_type, shape=tuple(shape[1:]), description=t.description)
+    spec = HookSpec(
+        name=t.name,
+        module_path=t.module_path,
+        layout=layout,
+        num_prefix_tokens=prefix,
+        channels=int(channels),
+        grid=grid,
+        depth=probe.order[(t.module_path, kind)],
+        hook_type=t.hook_type,
+        shape=tuple(shape[1:]),
+        description=t.description,
+    )
     info.specs[key] = spec
     return spec
 
 
-def _proven_layout(t: Target, shape: tuple[int, ...], size: tuple[int, int]
-                   ) -> tuple[str, int, int, tuple[int, int] | None]:
+def _proven_layout(
+    t: Target, shape: tuple[int, ...], size: tuple[int, int]
+) -> tuple[str, int, int, tuple[int, int] | None]:
     """(layout, prefix, channels, grid) of a hook whose channel count is known (timm
     ``feature_info``): the channel dim must be the only one that fits, else a HookError."""
     c = t.channels
@@ -485,8 +538,10 @@ def _proven_layout(t: Target, shape: tuple[int, ...], size: tuple[int, int]
             fits.append(("NLC", 0, c, grid))
     if len(fits) != 1:
         why = "both NCHW and NHWC fit" if fits else f"no dim holds its {c} channels on a patch grid"
-        raise HookError(f"hook {t.name!r}: cannot infer the layout of its activation {tuple(shape)} safely "
-                        f"({why}); hook a module whose layout is unambiguous, or pass a raw module path")
+        raise HookError(
+            f"hook {t.name!r}: cannot infer the layout of its activation {tuple(shape)} safely "
+            f"({why}); hook a module whose layout is unambiguous, or pass a raw module path"
+        )
     return fits[0]
 
 
@@ -521,8 +576,9 @@ def resolve_hook(model: nn.Module, name: str, *, input_size: tuple[int, int] | i
     return _spec(model, info, _target(model, info, name, probe), probe)
 
 
-def list_hooks(model: nn.Module, include_raw: bool = False, *,
-               input_size: tuple[int, int] | int | None = None) -> list[HookSpec]:
+def list_hooks(
+    model: nn.Module, include_raw: bool = False, *, input_size: tuple[int, int] | int | None = None
+) -> list[HookSpec]:
     """All canonical hook points in forward order; with ``include_raw`` also every module
     output (2-4 dim tensors) not already covered by a canonical name."""
     info = _info(model)
@@ -609,9 +665,16 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
     ``specs[name]`` its :class:`HookSpec`, with ``grid``/``shape`` updated to ``x``'s size.
     """
 
-    def __init__(self, model: Any, names: Sequence[str] | str = (), stop_early: bool = True,
-                 detach: bool = True, unfused_attention: bool | None = None,
-                 edit: Mapping[str, EditFn] | None = None, copy: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        names: Sequence[str] | str = (),
+        stop_early: bool = True,
+        detach: bool = True,
+        unfused_attention: bool | None = None,
+        edit: Mapping[str, EditFn] | None = None,
+        copy: bool = True,
+    ) -> None:
         if not isinstance(model, nn.Module):
             from .models import as_loaded
 
@@ -634,13 +697,16 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
         self._targets: dict[str, Target] = {n: _target(model, info, n, probe) for n in self.names}
         self.specs: dict[str, HookSpec] = {n: _spec(model, info, t, probe) for n, t in self._targets.items()}
         self._edit_targets: dict[str, Target] = {n: _target(model, info, n, probe) for n in self.edit}
-        self._edit_specs: dict[str, HookSpec] = {n: _spec(model, info, t, probe)
-                                                 for n, t in self._edit_targets.items()}
+        self._edit_specs: dict[str, HookSpec] = {
+            n: _spec(model, info, t, probe) for n, t in self._edit_targets.items()
+        }
         for n, t in self._edit_targets.items():
             if t.transform:
-                raise HookError(f"hook {n!r} is reshaped out of {t.module_path!r} ({', '.join(t.transform)}) "
-                                "and cannot be edited; edit the module it comes from (a raw module path) "
-                                "or the enclosing block")
+                raise HookError(
+                    f"hook {n!r} is reshaped out of {t.module_path!r} ({', '.join(t.transform)}) "
+                    "and cannot be edited; edit the module it comes from (a raw module path) "
+                    "or the enclosing block"
+                )
         if unfused_attention is None:
             unfused_attention = _needs_unfused({**self._targets, **self._edit_targets})
         self.unfused_attention = unfused_attention
@@ -662,8 +728,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
                 continue
             target = self._targets[name]
             v = apply_transform(target, t, self.model, self._context) if target.transform else t
-            if (self._batch is not None and not self.edit
-                    and (v.ndim == 0 or v.shape[0] != self._batch)):
+            if self._batch is not None and not self.edit and (v.ndim == 0 or v.shape[0] != self._batch):
                 raise _batch_error(name, int(v.shape[0]) if v.ndim else None, self._batch, tuple(v.shape))
             if self.detach:
                 v = v.detach()
@@ -676,19 +741,26 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
 
     def _make_hook(self, path: str, hook_type: str, names: list[str]):
         if hook_type == "mask":
+
             def pre_mask(module: nn.Module, args: tuple, kwargs: dict) -> None:
                 mask = args[1] if len(args) > 1 else kwargs.get("attn_mask")
                 if mask is None:
                     mask = _default_mask(_first_tensor(args) if args else kwargs.get("x"))
                 self._store(path, names, mask)
+
             return pre_mask
         if hook_type == "input":
+
             def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-                self._store(path, names, _first_tensor(args) if args else _first_tensor(list(kwargs.values())))
+                self._store(
+                    path, names, _first_tensor(args) if args else _first_tensor(list(kwargs.values()))
+                )
+
             return pre
 
         def post(module: nn.Module, args: tuple, output: Any) -> None:
             self._store(path, names, _first_tensor(output))
+
         return post
 
     def _make_edit_hook(self, name: str):
@@ -703,12 +775,16 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             return new
 
         if hook_type == "mask":
+
             def pre_mask(module: nn.Module, args: tuple, kwargs: dict) -> Any:
                 if id(self.model) in _PROBING:
                     return None
                 given = args[1] if len(args) > 1 else kwargs.get("attn_mask")
-                mask = given if given is not None else _default_mask(
-                    _first_tensor(args) if args else kwargs.get("x"))
+                mask = (
+                    given
+                    if given is not None
+                    else _default_mask(_first_tensor(args) if args else kwargs.get("x"))
+                )
                 if mask is None:
                     raise HookError(f"edit of {name!r}: no (B, L, C) tokens to build a mask for")
                 new = call(mask)
@@ -717,8 +793,10 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
                 if len(args) > 1:
                     return (args[0], new, *args[2:]), kwargs
                 return args, {**kwargs, "attn_mask": new}
+
             return pre_mask
         if hook_type == "input":
+
             def pre(module: nn.Module, args: tuple, kwargs: dict) -> Any:
                 if id(self.model) in _PROBING:
                     return None
@@ -728,6 +806,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
                 if key is None:
                     raise HookError(f"edit of {name!r}: the module got no tensor input")
                 return args, {**kwargs, key: call(kwargs[key])}
+
             return pre
 
         def post(module: nn.Module, args: tuple, output: Any) -> Any:
@@ -738,6 +817,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
                 return (call(output[0]), *output[1:])
             raise HookError(f"edit of {name!r}: module output is {type(output).__name__}, not a tensor")
+
         return post
 
     def _make_context_hook(self, path: str):
@@ -745,6 +825,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             t = _first_tensor(args) if args else _first_tensor(list(kwargs.values()))
             if t is not None:
                 self._context[path] = tuple(t.shape)
+
         return pre
 
     @staticmethod
@@ -763,14 +844,23 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
         contexts = {t.context_path for t in self._targets.values() if t.context_path is not None}
         try:
             for path in contexts:  # registered first, so they fire before hooks on the same module
-                self._handles.append(self.model.get_submodule(path).register_forward_pre_hook(
-                    self._make_context_hook(path), with_kwargs=True))
+                self._handles.append(
+                    self.model.get_submodule(path).register_forward_pre_hook(
+                        self._make_context_hook(path), with_kwargs=True
+                    )
+                )
             for name, t in self._edit_targets.items():  # before captures: they read edited values
-                self._handles.append(self._register(self.model.get_submodule(t.module_path), t.hook_type,
-                                                    self._make_edit_hook(name)))
+                self._handles.append(
+                    self._register(
+                        self.model.get_submodule(t.module_path), t.hook_type, self._make_edit_hook(name)
+                    )
+                )
             for (path, hook_type), names in groups.items():
-                self._handles.append(self._register(self.model.get_submodule(path), hook_type,
-                                                    self._make_hook(path, hook_type, names)))
+                self._handles.append(
+                    self._register(
+                        self.model.get_submodule(path), hook_type, self._make_hook(path, hook_type, names)
+                    )
+                )
             if self.unfused_attention:
                 self._fused = _FusedAttnOff(self.model).__enter__()
         except BaseException:
@@ -813,8 +903,11 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             self._batch = None
         missing = [n for n in self.names if n not in self.activations]
         if missing:
-            why = (" (attention patterns need unfused attention: leave capture's unfused_attention at None)"
-                   if any(n.endswith("hook_pattern") for n in missing) else "")
+            why = (
+                " (attention patterns need unfused attention: leave capture's unfused_attention at None)"
+                if any(n.endswith("hook_pattern") for n in missing)
+                else ""
+            )
             raise HookError(f"hooks did not fire in this forward pass: {', '.join(missing)}{why}")
         self._update_specs(tuple(x.shape[-2:]))
         return out
@@ -844,6 +937,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
 # patch maps
 # --------------------------------------------------------------------------------------------
 
+
 def to_patch_maps(act: Tensor, spec: HookSpec, grid: tuple[int, int] | None = None) -> Tensor:
     """Turn an activation in ``spec``'s layout into maps ``(B, C, H, W)``.
 
@@ -860,10 +954,15 @@ def to_patch_maps(act: Tensor, spec: HookSpec, grid: tuple[int, int] | None = No
         _check_ndim(act, 4, spec)
         return act.permute(0, 3, 1, 2)  # (B, C, H, W)
     if layout in ("BHLL", "NC"):
-        raise HookError(f"hook {spec.name!r} has layout {layout} ("
-                        + ("attention probabilities; index a query row, e.g. act[:, :, 0, prefix:], first"
-                           if layout == "BHLL" else "one vector per image")
-                        + "), which has no patch maps")
+        raise HookError(
+            f"hook {spec.name!r} has layout {layout} ("
+            + (
+                "attention probabilities; index a query row, e.g. act[:, :, 0, prefix:], first"
+                if layout == "BHLL"
+                else "one vector per image"
+            )
+            + "), which has no patch maps"
+        )
     if layout == "BHLD":
         _check_ndim(act, 4, spec)
         B, h, L, d = act.shape
@@ -877,12 +976,16 @@ def to_patch_maps(act: Tensor, spec: HookSpec, grid: tuple[int, int] | None = No
     g = grid if grid is not None else spec.grid
     n = L - p
     if g is None or g[0] * g[1] != n:
-        raise HookError(f"hook {spec.name!r}: {L} tokens - {p} prefix = {n} patches do not fill the grid "
-                        f"{g}; pass grid=(H, W) for this input size")
+        raise HookError(
+            f"hook {spec.name!r}: {L} tokens - {p} prefix = {n} patches do not fill the grid "
+            f"{g}; pass grid=(H, W) for this input size"
+        )
     return act[:, p:].transpose(1, 2).reshape(B, C, g[0], g[1])  # (B, C, H, W)
 
 
 def _check_ndim(act: Tensor, nd: int, spec: HookSpec) -> None:
     if act.ndim != nd:
-        raise HookError(f"hook {spec.name!r} has layout {spec.layout} ({nd} dims) but the tensor has "
-                        f"shape {tuple(act.shape)}")
+        raise HookError(
+            f"hook {spec.name!r} has layout {spec.layout} ({nd} dims) but the tensor has "
+            f"shape {tuple(act.shape)}"
+        )

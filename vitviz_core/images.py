@@ -118,8 +118,11 @@ def decode_budget(explicit: int | None = None) -> int:
 
 def _os_reason(exc: OSError) -> str:
     """A short reason for an OS error (``Permission denied``, ``Is a directory``...)."""
-    kind = {IsADirectoryError: "a directory, not an image file", PermissionError: "permission denied",
-            FileNotFoundError: "no such file"}
+    kind = {
+        IsADirectoryError: "a directory, not an image file",
+        PermissionError: "permission denied",
+        FileNotFoundError: "no such file",
+    }
     for cls, text in kind.items():
         if isinstance(exc, cls):
             return text
@@ -192,8 +195,9 @@ def _draft_reduction(pixels: int, target: int, budget: int) -> int | None:
     return max(quality, fits[0])
 
 
-def _jpeg_claims_more_than_it_holds(source: ImageSource, img: Image.Image,
-                                    request: tuple[int, int] | None) -> bool:
+def _jpeg_claims_more_than_it_holds(
+    source: ImageSource, img: Image.Image, request: tuple[int, int] | None
+) -> bool:
     """True when a baseline JPEG's data ran out before the pixels its header declares.
 
     libjpeg then fills the missing blocks with mid-grey and only prints a warning. Only
@@ -242,8 +246,9 @@ def _jpeg_claims_more_than_it_holds(source: ImageSource, img: Image.Image,
         partial.close()
 
 
-def _decode(source: ImageSource, max_pixels: int, budget: int,
-            background: tuple[int, int, int]) -> Image.Image:
+def _decode(
+    source: ImageSource, max_pixels: int, budget: int, background: tuple[int, int, int]
+) -> Image.Image:
     if isinstance(source, Image.Image):
         img = source
     else:
@@ -308,7 +313,9 @@ def _decode(source: ImageSource, max_pixels: int, budget: int,
     except _ReadError:
         raise
     except OSError as exc:  # truncated data ("image file is truncated"), read errors
-        raise _ReadError(_os_reason(exc) if exc.errno is not None else f"{type(exc).__name__}: {exc}") from exc
+        raise _ReadError(
+            _os_reason(exc) if exc.errno is not None else f"{type(exc).__name__}: {exc}"
+        ) from exc
     except Exception as exc:  # broken streams, plugin errors...
         raise _ReadError(f"{type(exc).__name__}: {exc}") from exc
     finally:
@@ -347,7 +354,9 @@ def load_image(
     except _ReadError as exc:
         message = f"cannot read image {_describe(path)}: {exc}"
         if on_error == "raise":
-            raise DataError(message + " (remove or replace the file, or read with on_error='warn' to skip it)") from None
+            raise DataError(
+                message + " (remove or replace the file, or read with on_error='warn' to skip it)"
+            ) from None
         if on_error == "warn":
             warnings.warn(message + "; skipped", ImageReadWarning, stacklevel=2)
         return None

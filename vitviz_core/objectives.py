@@ -48,13 +48,13 @@ __all__ = [
 class ObjectiveContext:
     """What an objective can look at for one forward pass of ``B = P * n_copies`` samples."""
 
-    activations: dict[str, Tensor]      # hook name -> captured tensor in the spec's layout, (B, ...)
-    specs: dict[str, object]            # hook name -> vitviz_core.hooks.HookSpec
-    images: Tensor                      # (P, 3, H, W) the optimized images, in [0, 1]
-    augmented: Tensor                   # (B, 3, H, W) the augmented batch (before resize / normalisation)
-    features: Tensor | None = None      # (B,) int64: the feature index each sample maximizes
-    n_copies: int = 1                   # augmented copies per image (B = P * n_copies)
-    images_per_group: int = 1           # consecutive images optimizing the same feature
+    activations: dict[str, Tensor]  # hook name -> captured tensor in the spec's layout, (B, ...)
+    specs: dict[str, object]  # hook name -> vitviz_core.hooks.HookSpec
+    images: Tensor  # (P, 3, H, W) the optimized images, in [0, 1]
+    augmented: Tensor  # (B, 3, H, W) the augmented batch (before resize / normalisation)
+    features: Tensor | None = None  # (B,) int64: the feature index each sample maximizes
+    n_copies: int = 1  # augmented copies per image (B = P * n_copies)
+    images_per_group: int = 1  # consecutive images optimizing the same feature
     _maps: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -84,25 +84,27 @@ class ObjectiveContext:
         layout = getattr(spec, "layout", None)
         b = act.shape[0]
         if layout == "NLC" and act.ndim == 3:
-            tokens = act[:, spec.num_prefix_tokens:, :]                          # (B, N, C)
+            tokens = act[:, spec.num_prefix_tokens :, :]  # (B, N, C)
             idx = index.view(b, 1, 1).expand(b, tokens.shape[1], 1)
-            return tokens.gather(2, idx).squeeze(2).float()                      # (B, N)
+            return tokens.gather(2, idx).squeeze(2).float()  # (B, N)
         if layout == "NHWC" and act.ndim == 4:
             idx = index.view(b, 1, 1, 1).expand(b, act.shape[1], act.shape[2], 1)
-            return act.gather(3, idx).flatten(1).float()                         # (B, H*W)
+            return act.gather(3, idx).flatten(1).float()  # (B, H*W)
         if layout == "NCHW" and act.ndim == 4:
             idx = index.view(b, 1, 1, 1).expand(b, 1, act.shape[2], act.shape[3])
-            return act.gather(1, idx).flatten(1).float()                         # (B, H*W)
-        if layout == "NC" and act.ndim == 2:                                     # logits, pooled
-            return act.gather(1, index.view(b, 1)).float()                       # (B, 1)
-        maps = self.patch_maps(hook)                                             # (B, C, H, W)
+            return act.gather(1, idx).flatten(1).float()  # (B, H*W)
+        if layout == "NC" and act.ndim == 2:  # logits, pooled
+            return act.gather(1, index.view(b, 1)).float()  # (B, 1)
+        maps = self.patch_maps(hook)  # (B, C, H, W)
         idx = index.view(b, 1, 1, 1).expand(b, 1, maps.shape[2], maps.shape[3])
-        return maps.gather(1, idx).flatten(1)                                    # (B, H*W)
+        return maps.gather(1, idx).flatten(1)  # (B, H*W)
 
     def per_sample_features(self, feature: int | None) -> Tensor:
         """``(B,)`` feature indices: ``feature`` for all samples, or ``ctx.features`` when None."""
         if feature is not None:
-            return torch.full((self.batch_size,), int(feature), dtype=torch.long, device=self.augmented.device)
+            return torch.full(
+                (self.batch_size,), int(feature), dtype=torch.long, device=self.augmented.device
+            )
         if self.features is None:
             raise ValueError("this objective has feature=None (batched) but the context has no features")
         return self.features
@@ -114,8 +116,12 @@ class Objective:
     ``fn(ctx) -> Tensor (B,)``; ``hooks`` names the hook points it needs captured.
     """
 
-    def __init__(self, fn: Callable[[ObjectiveContext], Tensor], hooks: Iterable[str] = (),
-                 description: str = "objective") -> None:
+    def __init__(
+        self,
+        fn: Callable[[ObjectiveContext], Tensor],
+        hooks: Iterable[str] = (),
+        description: str = "objective",
+    ) -> None:
         self.fn = fn
         self.hooks: tuple[str, ...] = tuple(dict.fromkeys(hooks))
         self.description = description
@@ -133,16 +139,18 @@ class Objective:
             return other
         if isinstance(other, numbers.Real):
             value = float(other)
-            return Objective(lambda ctx: torch.full((ctx.batch_size,), value, device=ctx.augmented.device),
-                             (), repr(value))
+            return Objective(
+                lambda ctx: torch.full((ctx.batch_size,), value, device=ctx.augmented.device), (), repr(value)
+            )
         return NotImplemented  # type: ignore[return-value]
 
     def __add__(self, other: "Objective | float") -> "Objective":
         o = self._lift(other)
         if o is NotImplemented:
             return NotImplemented
-        return Objective(lambda ctx: self(ctx) + o(ctx), self.hooks + o.hooks,
-                         f"{self.description} + {o.description}")
+        return Objective(
+            lambda ctx: self(ctx) + o(ctx), self.hooks + o.hooks, f"{self.description} + {o.description}"
+        )
 
     __radd__ = __add__
 
@@ -150,8 +158,9 @@ class Objective:
         o = self._lift(other)
         if o is NotImplemented:
             return NotImplemented
-        return Objective(lambda ctx: self(ctx) - o(ctx), self.hooks + o.hooks,
-                         f"{self.description} - ({o.description})")
+        return Objective(
+            lambda ctx: self(ctx) - o(ctx), self.hooks + o.hooks, f"{self.description} - ({o.description})"
+        )
 
     def __rsub__(self, other: float) -> "Objective":
         return self._lift(other) - self
@@ -203,15 +212,15 @@ def neuron(hook: str, feature: int | None = None, y: int | None = None, x: int |
     """Channel ``feature`` of ``hook`` at one patch position ``(y, x)`` (default: the centre)."""
 
     def fn(ctx: ObjectiveContext) -> Tensor:
-        maps = ctx.patch_maps(hook)                                   # (B, C, H, W)
+        maps = ctx.patch_maps(hook)  # (B, C, H, W)
         b, _, h, w = maps.shape
         yy = h // 2 if y is None else y
         xx = w // 2 if x is None else x
         if not (0 <= yy < h and 0 <= xx < w):
             raise IndexError(f"position ({yy}, {xx}) outside the {h}x{w} patch grid of {hook}")
-        column = maps[:, :, yy, xx]                                   # (B, C)
+        column = maps[:, :, yy, xx]  # (B, C)
         idx = ctx.per_sample_features(feature).view(b, 1)
-        return column.gather(1, idx).squeeze(1)                       # (B,)
+        return column.gather(1, idx).squeeze(1)  # (B,)
 
     return Objective(fn, (hook,), f"neuron({hook}, {feature}, y={y}, x={x})")
 
@@ -223,7 +232,7 @@ def direction(hook: str, vector: Tensor, reduce: str = "mean") -> Objective:
     v = v / v.norm().clamp_min(1e-12)
 
     def fn(ctx: ObjectiveContext) -> Tensor:
-        maps = ctx.patch_maps(hook)                                   # (B, C, H, W)
+        maps = ctx.patch_maps(hook)  # (B, C, H, W)
         if maps.shape[1] != v.numel():
             raise ValueError(f"direction has {v.numel()} entries but {hook} has {maps.shape[1]} channels")
         proj = torch.einsum("bchw,c->bhw", maps, v.to(maps.device))  # (B, H, W)
@@ -239,11 +248,15 @@ def tv(x: Tensor, directions: int = 2) -> Tensor:
     neighbour differences over the image plane, averaged over channels, summed over directions
     (the released code's ``TotalVariation(p=2)``; its batch mean is the mean of these values).
     """
-    diffs = [x[:, :, :, 1:] - x[:, :, :, :-1],       # (B, C, H, W-1)
-             x[:, :, 1:, :] - x[:, :, :-1, :]]       # (B, C, H-1, W)
+    diffs = [
+        x[:, :, :, 1:] - x[:, :, :, :-1],  # (B, C, H, W-1)
+        x[:, :, 1:, :] - x[:, :, :-1, :],
+    ]  # (B, C, H-1, W)
     if directions == 4:
-        diffs += [x[:, :, 1:, 1:] - x[:, :, :-1, :-1],    # (B, C, H-1, W-1)
-                  x[:, :, 1:, :-1] - x[:, :, :-1, 1:]]
+        diffs += [
+            x[:, :, 1:, 1:] - x[:, :, :-1, :-1],  # (B, C, H-1, W-1)
+            x[:, :, 1:, :-1] - x[:, :, :-1, 1:],
+        ]
     elif directions != 2:
         raise ValueError(f"directions must be 2 or 4, got {directions}")
     return sum(d.flatten(2).norm(p=2, dim=2).mean(dim=1) for d in diffs)  # (B,)
@@ -257,7 +270,7 @@ def total_variation(directions: int = 2, on: str = "image") -> Objective:
 
     def fn(ctx: ObjectiveContext) -> Tensor:
         if on == "augmented":
-            return tv(ctx.augmented, directions)                          # (B,)
+            return tv(ctx.augmented, directions)  # (B,)
         return tv(ctx.images, directions).repeat_interleave(ctx.n_copies)  # (B,)
 
     return Objective(fn, (), f"total_variation({directions}, {on})")
@@ -273,12 +286,12 @@ def diversity(hook: str) -> Objective:
         b = ctx.batch_size
         if m < 2:
             return torch.zeros(b, device=ctx.augmented.device)
-        vec = ctx.patch_maps(hook).mean(dim=(2, 3))                  # (B, C)
-        vec = vec.view(b // (m * n), m, n, -1).mean(dim=2)           # (G, m, C)
+        vec = ctx.patch_maps(hook).mean(dim=(2, 3))  # (B, C)
+        vec = vec.view(b // (m * n), m, n, -1).mean(dim=2)  # (G, m, C)
         vec = F.normalize(vec, dim=-1)
-        sim = vec @ vec.transpose(1, 2)                               # (G, m, m)
+        sim = vec @ vec.transpose(1, 2)  # (G, m, m)
         off = sim.sum(dim=(1, 2)) - sim.diagonal(dim1=1, dim2=2).sum(dim=1)
-        value = -off / (m * (m - 1))                                  # (G,)
-        return value.repeat_interleave(m * n)                         # (B,)
+        value = -off / (m * (m - 1))  # (G,)
+        return value.repeat_interleave(m * n)  # (B,)
 
     return Objective(fn, (hook,), f"diversity({hook})")

@@ -83,14 +83,14 @@ Normalize = Callable[[Tensor], Tensor]
 class OptimizationResult:
     """What :func:`optimize_features` returns (all tensors on the CPU, float32)."""
 
-    images: Tensor                    # (K * m, 3, H, W) final images in [0, 1]; m = images_per_feature
-    features: list[int]               # the K features, in order
-    history: Tensor                   # (steps, K) objective per feature and step (mean over its copies)
-    snapshots: dict[int, Tensor]      # step -> (K * m, 3, H, W) images after that many updates (0 = init)
-    config: dict[str, Any]            # everything that determined the result (recipe, hook, seed, ...)
-    seconds: float = 0.0              # wall time of the optimization (model loading excluded)
-    labels: list[str] = field(default_factory=list)   # one label per image, e.g. "#12"
-    scores: list[Any] | None = None   # QualityScores per feature (first image each) with scores=...
+    images: Tensor  # (K * m, 3, H, W) final images in [0, 1]; m = images_per_feature
+    features: list[int]  # the K features, in order
+    history: Tensor  # (steps, K) objective per feature and step (mean over its copies)
+    snapshots: dict[int, Tensor]  # step -> (K * m, 3, H, W) images after that many updates (0 = init)
+    config: dict[str, Any]  # everything that determined the result (recipe, hook, seed, ...)
+    seconds: float = 0.0  # wall time of the optimization (model loading excluded)
+    labels: list[str] = field(default_factory=list)  # one label per image, e.g. "#12"
+    scores: list[Any] | None = None  # QualityScores per feature (first image each) with scores=...
 
     @property
     def seconds_per_step(self) -> float:
@@ -121,7 +121,7 @@ def make_normalize(mean: Sequence[float], std: Sequence[float]) -> Normalize:
         return (x - stats[0]) / stats[1]  # (B, C, H, W)
 
     normalize.mean = tuple(float(v) for v in mean_t.flatten())  # type: ignore[attr-defined]
-    normalize.std = tuple(float(v) for v in std_t.flatten())    # type: ignore[attr-defined]
+    normalize.std = tuple(float(v) for v in std_t.flatten())  # type: ignore[attr-defined]
     return normalize
 
 
@@ -131,17 +131,25 @@ def _is_loaded_model(model: Any) -> bool:
     return isinstance(model, LoadedModel)
 
 
-def _unpack_model(model: Any, normalize: Normalize | tuple | None,
-                  input_size: int | Sequence[int] | None) -> tuple[nn.Module, Normalize, tuple[int, int], dict]:
+def _unpack_model(
+    model: Any, normalize: Normalize | tuple | None, input_size: int | Sequence[int] | None
+) -> tuple[nn.Module, Normalize, tuple[int, int], dict]:
     """``(network, normalize, (H, W), description)``: :func:`vitviz_core.models.as_loaded`, plus
     a callable ``normalize`` that replaces the data config's."""
     from vitviz_core.models import as_loaded
 
     custom = normalize if callable(normalize) else None
-    if normalize is not None and custom is None and not (isinstance(normalize, (tuple, list)) and len(normalize) == 2):
+    if (
+        normalize is not None
+        and custom is None
+        and not (isinstance(normalize, (tuple, list)) and len(normalize) == 2)
+    ):
         raise VitvizError("normalize must be a callable or a (mean, std) pair")
-    loaded = as_loaded(model, None if custom is not None else normalize,
-                       tuple(input_size) if isinstance(input_size, list) else input_size)
+    loaded = as_loaded(
+        model,
+        None if custom is not None else normalize,
+        tuple(input_size) if isinstance(input_size, list) else input_size,
+    )
     info: dict[str, Any] = {"model": loaded.name, "arch": loaded.arch, "weights": loaded.weights_source}
     if custom is not None:
         info["normalize"] = getattr(custom, "__qualname__", "callable")
@@ -162,14 +170,17 @@ def _model_device(net: nn.Module) -> torch.device:
 def check_features(features: Iterable[int], spec: Any, hook: str) -> list[int]:
     out = []
     for f in features:
-        is_int = isinstance(f, numbers.Integral) or (isinstance(f, Tensor) and f.numel() == 1
-                                                     and not f.is_floating_point())
+        is_int = isinstance(f, numbers.Integral) or (
+            isinstance(f, Tensor) and f.numel() == 1 and not f.is_floating_point()
+        )
         if isinstance(f, bool) or not is_int:
             raise VitvizError(f"features must be integers, got {f!r}")
         f = int(f)
         if not 0 <= f < spec.channels:
-            raise HookError(f"feature {f} is out of range for {hook}: it has {spec.channels} channels "
-                            f"(0-{spec.channels - 1})")
+            raise HookError(
+                f"feature {f} is out of range for {hook}: it has {spec.channels} channels "
+                f"(0-{spec.channels - 1})"
+            )
         out.append(f)
     if not out:
         raise VitvizError("no features to optimize")
@@ -262,18 +273,28 @@ def optimize_features(
     else:
         parametrization = get_param(param)
     net, norm_fn, in_hw, info = _unpack_model(model, normalize, input_size)
-    img_hw = in_hw if image_size is None else (
-        (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size))
+    img_hw = (
+        in_hw
+        if image_size is None
+        else (
+            (int(image_size), int(image_size))
+            if isinstance(image_size, int)
+            else tuple(int(v) for v in image_size)
+        )
+    )
     if len(img_hw) != 2 or min(img_hw) <= 0:
         raise VitvizError(f"image_size must be a positive size, got {image_size}")
 
     dev = _model_device(net)
     want = torch.device(device) if device is not None else dev
     if want.type != dev.type or (want.index is not None and want != dev):
-        raise VitvizError(f"the model is on {dev} but device={device!r}; move the model first (model.to(...))")
+        raise VitvizError(
+            f"the model is on {dev} but device={device!r}; move the model first (model.to(...))"
+        )
     if precision is None:
-        precision = ("autocast" if amp else "fp32") if amp is not None else (
-            "bf16" if dev.type == "cuda" else "fp32")
+        precision = (
+            ("autocast" if amp else "fp32") if amp is not None else ("bf16" if dev.type == "cuda" else "fp32")
+        )
     if precision not in PRECISIONS:
         raise VitvizError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "autocast" and dev.type != "cuda":
@@ -293,8 +314,10 @@ def optimize_features(
     specs = {name: resolve_hook(net, name) for name in hook_names}
     if hook is not None:
         if specs[hook].layout == "BHLL":
-            raise HookError(f"hook {hook!r} holds attention probabilities (layout BHLL), which have no "
-                            "channels to maximize; pick a token hook (e.g. blocks.{i}.mlp.hook_post)")
+            raise HookError(
+                f"hook {hook!r} holds attention probabilities (layout BHLL), which have no "
+                "channels to maximize; pick a token hook (e.g. blocks.{i}.mlp.hook_post)"
+            )
         feats = check_features(feats, specs[hook], hook)
     else:
         feats = [int(f) for f in feats]
@@ -324,8 +347,7 @@ def optimize_features(
     try:
         with _eval_mode(run_net):
             # copy=False: the step stops at the (single) hook, so nothing can modify it in place
-            cap = capture(run_net, hook_names, stop_early=True, detach=False,
-                          copy=len(hook_names) == 1)
+            cap = capture(run_net, hook_names, stop_early=True, detach=False, copy=len(hook_names) == 1)
             with cap:
                 if batch_features is not None:
                     chunk = int(batch_features)
@@ -333,8 +355,13 @@ def optimize_features(
                     chunk = 1
                 else:
                     per_pass = _bytes_per_pass(cap, run_net, norm_fn, in_hw, dev, in_dtype)
-                    chunk = auto_chunk(len(feats), passes, per_pass, _memory_budget(dev),
-                                       CPU_MAX_PASSES if dev.type == "cpu" else None)
+                    chunk = auto_chunk(
+                        len(feats),
+                        passes,
+                        per_pass,
+                        _memory_budget(dev),
+                        CPU_MAX_PASSES if dev.type == "cpu" else None,
+                    )
                 forward: Callable[[Tensor], tuple[dict, dict]]
                 if compile:
                     with torch.no_grad():  # the hooks' specs at this input size
@@ -342,13 +369,33 @@ def optimize_features(
                     forward = _CompiledForward(run_net, hook_names, dict(cap.specs), compile)
                 else:
                     forward = _EagerForward(cap)
-            chunks = [feats[i:i + chunk] for i in range(0, len(feats), chunk)]
-            bar = tqdm(total=rec.steps * len(chunks), disable=not progress, unit="step", leave=True,
-                       desc=f"{hook or objective.description} x{len(feats)}")
+            chunks = [feats[i : i + chunk] for i in range(0, len(feats), chunk)]
+            bar = tqdm(
+                total=rec.steps * len(chunks),
+                disable=not progress,
+                unit="step",
+                leave=True,
+                desc=f"{hook or objective.description} x{len(feats)}",
+            )
             with contextlib.nullcontext() if compile else cap:
                 for part in chunks:
-                    img, hist, snap = _run_chunk(forward, norm_fn, in_hw, img_hw, total, part, rec, augment,
-                                                 parametrization, seed, m, dev, precision, snaps, bar)
+                    img, hist, snap = _run_chunk(
+                        forward,
+                        norm_fn,
+                        in_hw,
+                        img_hw,
+                        total,
+                        part,
+                        rec,
+                        augment,
+                        parametrization,
+                        seed,
+                        m,
+                        dev,
+                        precision,
+                        snaps,
+                        bar,
+                    )
                     images.append(img)
                     histories.append(hist)
                     for s, t in snap.items():
@@ -415,7 +462,9 @@ _COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, Callable]]" = weakr
 class _CompiledForward:
     """``torch.compile`` of :func:`truncated_forward`; specs measured once at this input size."""
 
-    def __init__(self, net: nn.Module, hooks: Sequence[str], specs: dict[str, Any], compile: bool | str) -> None:
+    def __init__(
+        self, net: nn.Module, hooks: Sequence[str], specs: dict[str, Any], compile: bool | str
+    ) -> None:
         key = (tuple(hooks), compile if isinstance(compile, str) else "inductor")
         per_net = _COMPILED.setdefault(net, {})
         if key not in per_net:  # compiled once per model, hooks and backend (later runs reuse it)
@@ -443,14 +492,16 @@ def truncated_forward(net: nn.Module, hooks: Sequence[str]) -> nn.Module:
     nodes: dict[str, str] = {}
     for name, t in targets.items():
         if t.hook_type != "output" or t.transform or not t.module_path:
-            raise VitvizError(f"compile=True needs hooks on a module's output as is; {name!r} is not "
-                              "(use compile=False)")
+            raise VitvizError(
+                f"compile=True needs hooks on a module's output as is; {name!r} is not (use compile=False)"
+            )
         nodes[t.module_path] = name
     try:
         return create_feature_extractor(net, return_nodes=nodes)
     except Exception as exc:  # noqa: BLE001 - fx cannot trace every model
-        raise VitvizError(f"compile=True: torch.fx cannot trace {type(net).__name__} ({exc}); "
-                          "use compile=False") from None
+        raise VitvizError(
+            f"compile=True: torch.fx cannot trace {type(net).__name__} ({exc}); use compile=False"
+        ) from None
 
 
 _BF16_COPIES: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
@@ -458,8 +509,10 @@ _BF16_COPIES: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = 
 
 def _fingerprint(net: nn.Module) -> tuple:
     """Identity and version of every parameter and buffer (changes when weights change)."""
-    return tuple((t.data_ptr(), t._version, t.dtype, str(t.device))
-                 for t in list(net.parameters()) + list(net.buffers()))
+    return tuple(
+        (t.data_ptr(), t._version, t.dtype, str(t.device))
+        for t in list(net.parameters()) + list(net.buffers())
+    )
 
 
 def _bf16_model(net: nn.Module) -> nn.Module:
@@ -477,8 +530,13 @@ def _bf16_model(net: nn.Module) -> nn.Module:
     return low
 
 
-def auto_chunk(n_features: int, passes_per_feature: int, bytes_per_pass: float, budget: float,
-               max_passes: int | None = None) -> int:
+def auto_chunk(
+    n_features: int,
+    passes_per_feature: int,
+    bytes_per_pass: float,
+    budget: float,
+    max_passes: int | None = None,
+) -> int:
     """Features per chunk: as many as ``budget`` bytes hold at ``bytes_per_pass`` per image
     pass and ``passes_per_feature`` passes (copies x images) per feature, at most
     ``max_passes`` passes, at least 1, at most ``n_features``."""
@@ -501,12 +559,20 @@ def _memory_budget(dev: torch.device) -> float:
             info = {line.split(":")[0]: line.split()[1] for line in fh}
         avail = int(info["MemAvailable"]) * 1024
     except (OSError, KeyError, ValueError, IndexError):
-        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 8 << 30
+        avail = (
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 8 << 30
+        )
     return 0.5 * avail
 
 
-def _bytes_per_pass(cap: Any, net: nn.Module, normalize: Normalize, in_hw: tuple[int, int],
-                    dev: torch.device, in_dtype: torch.dtype) -> float:
+def _bytes_per_pass(
+    cap: Any,
+    net: nn.Module,
+    normalize: Normalize,
+    in_hw: tuple[int, int],
+    dev: torch.device,
+    in_dtype: torch.dtype,
+) -> float:
     """Bytes one image pass keeps for the input-gradient backward, measured on a one-image
     probe (tensors saved by autograd, weights excluded), doubled for the step's transients."""
     weights = {t.untyped_storage().data_ptr() for t in list(net.parameters()) + list(net.buffers())}
@@ -526,11 +592,23 @@ def _bytes_per_pass(cap: Any, net: nn.Module, normalize: Normalize, in_hw: tuple
     return 2.0 * sum(saved.values()) + image
 
 
-def _run_chunk(forward: Callable[[Tensor], tuple[dict, dict]], normalize: Normalize, in_hw: tuple[int, int],
-               img_hw: tuple[int, int], objective: Objective, feats: list[int], rec: Recipe,
-               augment: EnsembleAugment, parametrization: Parametrization, seed: int, m: int,
-               dev: torch.device, precision: str, snaps: list[int],
-               bar: Any) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+def _run_chunk(
+    forward: Callable[[Tensor], tuple[dict, dict]],
+    normalize: Normalize,
+    in_hw: tuple[int, int],
+    img_hw: tuple[int, int],
+    objective: Objective,
+    feats: list[int],
+    rec: Recipe,
+    augment: EnsembleAugment,
+    parametrization: Parametrization,
+    seed: int,
+    m: int,
+    dev: torch.device,
+    precision: str,
+    snaps: list[int],
+    bar: Any,
+) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
     """One optimization run of ``len(feats)`` features: images (P, 3, H, W), history (steps, K).
 
     No host synchronisation inside the loop (the history stays on the device; ``.item()`` only
@@ -539,9 +617,9 @@ def _run_chunk(forward: Callable[[Tensor], tuple[dict, dict]], normalize: Normal
     p = k * m
     streams = CounterStreams(seed, feats, dev, rec.seed_mode)
     init = [parametrization.init(m, img_hw, streams.device(i, INIT_STEP), dev) for i in range(k)]
-    param = torch.cat(init).requires_grad_(True)                           # (P, ...) e.g. (P, 3, H, W)
+    param = torch.cat(init).requires_grad_(True)  # (P, ...) e.g. (P, 3, H, W)
     opt = torch.optim.Adam([param], lr=rec.lr, betas=rec.betas, eps=rec.eps)
-    sample_feats = torch.tensor(feats).repeat_interleave(m * n).to(dev)    # (B,), once per chunk
+    sample_feats = torch.tensor(feats).repeat_interleave(m * n).to(dev)  # (B,), once per chunk
     history: list[Tensor] = []
     snapshots: dict[int, Tensor] = {}
     show = not getattr(bar, "disable", True)
@@ -553,32 +631,42 @@ def _run_chunk(forward: Callable[[Tensor], tuple[dict, dict]], normalize: Normal
 
     if 0 in snaps:
         snapshots[0] = current()
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if precision == "autocast"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if precision == "autocast"
+        else contextlib.nullcontext()
+    )
     t_max = rec.cosine_t_max
     for step in range(rec.steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, rec.lr, t_max) if rec.schedule == "cosine" else rec.lr
-        image = parametrization.to_image(param)                            # (P, 3, H, W) in [0, 1]
+        image = parametrization.to_image(param)  # (P, 3, H, W) in [0, 1]
         batch = augment(image, streams, step, rec.steps, images_per_stream=m)  # (B, 3, H, W)
         x = batch
         if tuple(x.shape[-2:]) != in_hw:
             x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
-        x = normalize(x)                                                   # (B, 3, h, w) float32
+        x = normalize(x)  # (B, 3, h, w) float32
         if in_dtype != torch.float32:
             x = x.to(in_dtype)
         with autocast:
             acts, specs = forward(x)
-        ctx = ObjectiveContext(activations=acts, specs=specs, images=image,
-                               augmented=batch, features=sample_feats, n_copies=n, images_per_group=m)
-        values = objective(ctx).float()                                    # (B,)
-        per_image = values.view(p, n).mean(dim=1)                          # (P,)
+        ctx = ObjectiveContext(
+            activations=acts,
+            specs=specs,
+            images=image,
+            augmented=batch,
+            features=sample_feats,
+            n_copies=n,
+            images_per_group=m,
+        )
+        values = objective(ctx).float()  # (B,)
+        per_image = values.view(p, n).mean(dim=1)  # (P,)
         loss = -per_image.sum()  # a sum: each feature's gradient is what it would be alone
         (grad,) = torch.autograd.grad(loss, [param])
         param.grad = grad
         opt.step()
         parametrization.post_step(param)
-        history.append(per_image.detach().view(k, m).mean(dim=1))         # (K,) on the device
+        history.append(per_image.detach().view(k, m).mean(dim=1))  # (K,) on the device
         if step + 1 in snaps:
             snapshots[step + 1] = current()
         bar.update(1)
@@ -587,23 +675,40 @@ def _run_chunk(forward: Callable[[Tensor], tuple[dict, dict]], normalize: Normal
     return current(), torch.stack(history).float().cpu(), snapshots
 
 
-def estimate_seconds(model: Any, hook: str, features: Sequence[int], *, steps: int | None = None,
-                     batch_features: int | None = None, **kwargs: Any) -> float:
+def estimate_seconds(
+    model: Any,
+    hook: str,
+    features: Sequence[int],
+    *,
+    steps: int | None = None,
+    batch_features: int | None = None,
+    **kwargs: Any,
+) -> float:
     """Seconds :func:`optimize_features` will take, from one timed step on the real batch
     (the first chunk of ``batch_features`` features; with None, the chunk size automatic
     chunking picks for the first 256 features), times the steps and chunks."""
     feats = list(features)
-    first = feats[:256] if batch_features is None else feats[:int(batch_features)]
-    res = optimize_features(model, hook, first, steps=1, progress=False, batch_features=batch_features, **kwargs)
+    first = feats[:256] if batch_features is None else feats[: int(batch_features)]
+    res = optimize_features(
+        model, hook, first, steps=1, progress=False, batch_features=batch_features, **kwargs
+    )
     chunk = int(res.config["batch_features"])
-    total_steps = (steps if steps is not None else get_recipe(kwargs.get("recipe", "paper")).steps)
+    total_steps = steps if steps is not None else get_recipe(kwargs.get("recipe", "paper")).steps
     return res.seconds / max(1, res.config["chunks"]) * total_steps * math.ceil(len(feats) / chunk)
 
 
 @torch.no_grad()
-def score_images(model: Any, hook: str, images: Tensor, features: int | Sequence[int], *,
-                 normalize: Normalize | tuple | None = None, input_size: int | Sequence[int] | None = None,
-                 reduce: str = "mean", batch_size: int = 64) -> Tensor:
+def score_images(
+    model: Any,
+    hook: str,
+    images: Tensor,
+    features: int | Sequence[int],
+    *,
+    normalize: Normalize | tuple | None = None,
+    input_size: int | Sequence[int] | None = None,
+    reduce: str = "mean",
+    batch_size: int = 64,
+) -> Tensor:
     """The objective of clean (un-augmented) images: channel ``features[i]`` of ``hook`` for
     image ``i`` (or one feature for all), mean (or sum) over patch tokens -> (N,) float32 CPU.
 
@@ -623,12 +728,19 @@ def score_images(model: Any, hook: str, images: Tensor, features: int | Sequence
     out = []
     with _eval_mode(net), capture(net, [hook], stop_early=True, detach=True) as cap:
         for i in range(0, nimg, batch_size):
-            batch = images[i:i + batch_size].to(dev, torch.float32)
-            x = batch if tuple(batch.shape[-2:]) == in_hw else F.interpolate(
-                batch, size=in_hw, mode="bilinear", align_corners=False)
+            batch = images[i : i + batch_size].to(dev, torch.float32)
+            x = (
+                batch
+                if tuple(batch.shape[-2:]) == in_hw
+                else F.interpolate(batch, size=in_hw, mode="bilinear", align_corners=False)
+            )
             cap.forward(norm_fn(x))
-            ctx = ObjectiveContext(activations=dict(cap.activations), specs=dict(cap.specs), images=batch,
-                                   augmented=batch,
-                                   features=torch.tensor(feats[i:i + batch_size], device=dev))
+            ctx = ObjectiveContext(
+                activations=dict(cap.activations),
+                specs=dict(cap.specs),
+                images=batch,
+                augmented=batch,
+                features=torch.tensor(feats[i : i + batch_size], device=dev),
+            )
             out.append(obj(ctx).float().cpu())
     return torch.cat(out)

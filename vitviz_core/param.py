@@ -87,8 +87,9 @@ class Parametrization(Protocol):
 
     name: str
 
-    def init(self, n: int, size: tuple[int, int], generator: torch.Generator,
-             device: torch.device) -> Tensor: ...
+    def init(
+        self, n: int, size: tuple[int, int], generator: torch.Generator, device: torch.device
+    ) -> Tensor: ...
 
     def to_image(self, params: Tensor) -> Tensor: ...
 
@@ -179,8 +180,13 @@ class MacoParam:
 
     name = "maco"
 
-    def __init__(self, magnitude: Tensor | None = None, init_std: float = 1.0, contrast: float = 1.0,
-                 n_images: int = 256) -> None:
+    def __init__(
+        self,
+        magnitude: Tensor | None = None,
+        init_std: float = 1.0,
+        contrast: float = 1.0,
+        n_images: int = 256,
+    ) -> None:
         self.magnitude = None if magnitude is None else magnitude.detach().float()
         self.init_std = float(init_std)
         self.contrast = float(contrast)
@@ -200,9 +206,9 @@ class MacoParam:
         """The standardized decorrelated signal before colour and sigmoid -> (n, 3, H, W)."""
         if self.magnitude is None or self.size is None:
             raise VitvizError("MacoParam.init must run before to_image")
-        mag = self.magnitude.to(params.device, params.dtype)               # (3, H, W//2+1)
-        spec = torch.polar(mag.expand_as(params), params)                 # (n, 3, H, W//2+1)
-        x = torch.fft.irfft2(spec, s=self.size, norm="ortho")             # (n, 3, H, W)
+        mag = self.magnitude.to(params.device, params.dtype)  # (3, H, W//2+1)
+        spec = torch.polar(mag.expand_as(params), params)  # (n, 3, H, W//2+1)
+        x = torch.fft.irfft2(spec, s=self.size, norm="ortho")  # (n, 3, H, W)
         x = x - x.mean(dim=(2, 3), keepdim=True)
         return x / (x.std(dim=(2, 3), keepdim=True) + 1e-6)
 
@@ -221,8 +227,10 @@ def get_param(param: "str | Parametrization", **options: float) -> Parametrizati
     or the object given."""
     if not isinstance(param, str):
         if not isinstance(param, Parametrization):
-            raise VitvizError(f"param must be one of {sorted(PARAMS)} or an object with init/to_image/post_step, "
-                              f"got {type(param).__name__}")
+            raise VitvizError(
+                f"param must be one of {sorted(PARAMS)} or an object with init/to_image/post_step, "
+                f"got {type(param).__name__}"
+            )
         return param
     if param not in PARAMS:
         raise VitvizError(f"unknown parametrization {param!r}; choose one of {sorted(PARAMS)}")
@@ -233,8 +241,13 @@ def get_param(param: "str | Parametrization", **options: float) -> Parametrizati
 # natural images from the offline data
 # ---------------------------------------------------------------------------------------------
 
-def natural_images(n: int = 256, size: tuple[int, int] = (224, 224), data_name: str = "imagenet-sample-1000",
-                   data_root: str | Path | None = None) -> Tensor:
+
+def natural_images(
+    n: int = 256,
+    size: tuple[int, int] = (224, 224),
+    data_name: str = "imagenet-sample-1000",
+    data_root: str | Path | None = None,
+) -> Tensor:
     """``n`` images of ``data_name`` spread evenly over it, resized (shorter side) and
     center-cropped to ``size`` -> (n, 3, H, W) in [0, 1]. Raises :class:`VitvizError` when
     the data is not here."""
@@ -260,9 +273,13 @@ def natural_images(n: int = 256, size: tuple[int, int] = (224, 224), data_name: 
     return torch.stack(out)  # (n, 3, H, W)
 
 
-def natural_spectrum(size: tuple[int, int] = (224, 224), n_images: int = 256,
-                     data_name: str = "imagenet-sample-1000", data_root: str | Path | None = None,
-                     cache: bool = True) -> Tensor:
+def natural_spectrum(
+    size: tuple[int, int] = (224, 224),
+    n_images: int = 256,
+    data_name: str = "imagenet-sample-1000",
+    data_root: str | Path | None = None,
+    cache: bool = True,
+) -> Tensor:
     """Mean amplitude spectrum of natural images in decorrelated colour -> (3, H, W//2+1).
 
     Each image (:func:`natural_images`) is decorrelated (:func:`decorrelate`), centred per
@@ -276,13 +293,12 @@ def natural_spectrum(size: tuple[int, int] = (224, 224), n_images: int = 256,
     path = config.cache_dir() / "spectra" / f"magnitude-{key}.npy"
     if cache and path.is_file():
         return torch.from_numpy(np.load(path, allow_pickle=False))
-    imgs = natural_images(n_images, size, data_name, data_root)          # (n, 3, H, W)
+    imgs = natural_images(n_images, size, data_name, data_root)  # (n, 3, H, W)
     x = decorrelate(imgs)
     x = x - x.mean(dim=(2, 3), keepdim=True)
-    mag = torch.fft.rfft2(x, norm="ortho").abs().mean(dim=0)             # (3, H, W//2+1)
+    mag = torch.fft.rfft2(x, norm="ortho").abs().mean(dim=0)  # (3, H, W//2+1)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, mag.numpy().astype(np.float32), allow_pickle=False)
     logger.info("natural amplitude spectrum from %d images of %s at %dx%d", len(imgs), data_name, h, w)
     return mag
-

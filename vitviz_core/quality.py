@@ -56,11 +56,11 @@ class QualityScores:
     """Scores of one visualization; a score is ``None`` when it was not computed."""
 
     feature: int
-    activation: float                        # clean activation, mean over patch tokens
+    activation: float  # clean activation, mean over patch tokens
     exemplar_activation: float | None = None  # mean clean activation of the top-k exemplars
-    activation_ratio: float | None = None    # activation / exemplar_activation
-    naturalness: float | None = None         # hf_share / natural images' hf_share (1 = natural)
-    seed_stability: float | None = None      # cosine of two seeds' hook vectors
+    activation_ratio: float | None = None  # activation / exemplar_activation
+    naturalness: float | None = None  # hf_share / natural images' hf_share (1 = natural)
+    seed_stability: float | None = None  # cosine of two seeds' hook vectors
     exemplar_agreement: float | None = None  # cos(vis, exemplars) - cos(random images, exemplars)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,19 +90,19 @@ def hf_share(images: Tensor, cutoff: float = 0.25) -> Tensor:
     x = images.float()
     if x.dim() == 4:
         if x.shape[1] == 3:
-            x = sum(w * x[:, i] for i, w in enumerate(_LUMA))                 # (N, H, W)
+            x = sum(w * x[:, i] for i, w in enumerate(_LUMA))  # (N, H, W)
         else:
             x = x[:, 0]
     if x.dim() != 3:
         raise VitvizError(f"hf_share needs (N, 3, H, W) or (N, H, W) images, got {tuple(images.shape)}")
     h, w = x.shape[-2:]
     x = x - x.mean(dim=(-2, -1), keepdim=True)
-    power = torch.fft.rfft2(x).abs() ** 2                                       # (N, H, W//2+1)
+    power = torch.fft.rfft2(x).abs() ** 2  # (N, H, W//2+1)
     weight = torch.ones(w // 2 + 1)
-    weight[1:(w + 1) // 2] = 2.0                                                # both halves of rfft
+    weight[1 : (w + 1) // 2] = 2.0  # both halves of rfft
     fy = torch.fft.fftfreq(h).view(-1, 1)
     fx = torch.fft.rfftfreq(w).view(1, -1)
-    high = (torch.sqrt(fx * fx + fy * fy) > cutoff * 0.5).float()               # Nyquist = 0.5
+    high = (torch.sqrt(fx * fx + fy * fy) > cutoff * 0.5).float()  # Nyquist = 0.5
     total = (power * weight).sum(dim=(-2, -1))
     above = (power * weight * high).sum(dim=(-2, -1))
     return torch.where(total > 0, above / total.clamp(min=1e-20), torch.zeros_like(total))
@@ -111,8 +111,12 @@ def hf_share(images: Tensor, cutoff: float = 0.25) -> Tensor:
 _NATURAL_CACHE: dict[tuple, float] = {}
 
 
-def natural_hf_share(size: tuple[int, int] = (224, 224), n_images: int = 256,
-                     data_name: str = "imagenet-sample-1000", data_root: Any = None) -> float:
+def natural_hf_share(
+    size: tuple[int, int] = (224, 224),
+    n_images: int = 256,
+    data_name: str = "imagenet-sample-1000",
+    data_root: Any = None,
+) -> float:
     """Mean :func:`hf_share` of ``n_images`` natural images (resized and cropped to ``size``),
     cached in memory and under ``cache_dir()/spectra``."""
     from vitviz_core import config
@@ -159,15 +163,15 @@ def hook_vectors(model: Any, hook: str, images: Tensor, *, batch_size: int = 32)
     out = []
     with _eval_mode(net), capture(net, [hook], stop_early=True, detach=True) as cap:
         for i in range(0, images.shape[0], batch_size):
-            x = images[i:i + batch_size].to(dev, torch.float32)
+            x = images[i : i + batch_size].to(dev, torch.float32)
             if tuple(x.shape[-2:]) != in_hw:
                 x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
             cap.forward(norm_fn(x))
             act = cap.activations[hook].float()
             if act.dim() == 4 and spec.layout == "NCHW":
-                act = act.flatten(2).transpose(1, 2)                              # (B, HW, C)
+                act = act.flatten(2).transpose(1, 2)  # (B, HW, C)
             elif act.dim() == 3:
-                act = act[:, spec.num_prefix_tokens:]                             # (B, T, C)
+                act = act[:, spec.num_prefix_tokens :]  # (B, T, C)
             else:
                 raise VitvizError(f"hook {hook!r} (layout {spec.layout}) has no token x channel output")
             out.append(act.cpu())
@@ -186,15 +190,27 @@ def exemplar_agreement(vis_vectors: Tensor, exemplar_means: Tensor, baseline_vec
     ``exemplar_means`` (K, C): the mean channel vector of each feature's exemplars;
     ``baseline_vectors`` (R, C): channel vectors of random dataset images.
     """
-    cos_vis = F.cosine_similarity(vis_vectors, exemplar_means, dim=1)                       # (K,)
+    cos_vis = F.cosine_similarity(vis_vectors, exemplar_means, dim=1)  # (K,)
     cos_base = F.cosine_similarity(baseline_vectors[None], exemplar_means[:, None], dim=2)  # (K, R)
     return cos_vis - cos_base.mean(dim=1)
 
 
-def quality_scores(model: Any, hook: str, features: Sequence[int], images: Tensor, *,
-                   images_seed2: Tensor | None = None, exemplars: Any = None, k: int = 8,
-                   pool: str = "imagenet-sample-1000", pool_root: Any = None, pool_images: int | None = 200,
-                   naturalness: bool = True, n_baseline: int = 32, progress: bool = False) -> list[QualityScores]:
+def quality_scores(
+    model: Any,
+    hook: str,
+    features: Sequence[int],
+    images: Tensor,
+    *,
+    images_seed2: Tensor | None = None,
+    exemplars: Any = None,
+    k: int = 8,
+    pool: str = "imagenet-sample-1000",
+    pool_root: Any = None,
+    pool_images: int | None = 200,
+    naturalness: bool = True,
+    n_baseline: int = 32,
+    progress: bool = False,
+) -> list[QualityScores]:
     """All quality scores of the visualizations ``images`` (K, 3, H, W) of ``features`` of ``hook``.
 
     This is the one public entry point (the atlas indexes neurons with it).
@@ -217,7 +233,7 @@ def quality_scores(model: Any, hook: str, features: Sequence[int], images: Tenso
     feats = [int(f) for f in features]
     if images.shape[0] != len(feats):
         raise VitvizError(f"{images.shape[0]} images for {len(feats)} features")
-    acts = score_images(model, hook, images, feats)                                        # (K,)
+    acts = score_images(model, hook, images, feats)  # (K,)
     scores = [QualityScores(feature=f, activation=float(a)) for f, a in zip(feats, acts.tolist())]
     if naturalness:
         try:
@@ -228,7 +244,7 @@ def quality_scores(model: Any, hook: str, features: Sequence[int], images: Tenso
             logger.info("spectral naturalness skipped: %s", exc)
     vis_vec = None
     if images_seed2 is not None:
-        vis_vec = hook_vectors(model, hook, images)                                         # (K, T, C)
+        vis_vec = hook_vectors(model, hook, images)  # (K, T, C)
         stab = seed_stability(vis_vec, hook_vectors(model, hook, images_seed2))
         for s, v in zip(scores, stab.tolist()):
             s.seed_stability = float(v)
@@ -239,22 +255,32 @@ def quality_scores(model: Any, hook: str, features: Sequence[int], images: Tenso
         if found is None:
             from vitviz_core.evaluate.exemplars import find_exemplars
 
-            found = find_exemplars(model, None, hooks=[hook], k=k, stats=("mean",), keep_maps=False,
-                                   data_name=pool, data_root=pool_root, max_images=pool_images,
-                                   progress=progress)
+            found = find_exemplars(
+                model,
+                None,
+                hooks=[hook],
+                k=k,
+                stats=("mean",),
+                keep_maps=False,
+                data_name=pool,
+                data_root=pool_root,
+                max_images=pool_images,
+                progress=progress,
+            )
         to_pixels = model.pixel_transform()
         vis_vec = hook_vectors(model, hook, images) if vis_vec is None else vis_vec
-        vis_mean = vis_vec.mean(dim=1)                                                       # (K, C)
+        vis_mean = vis_vec.mean(dim=1)  # (K, C)
         ex_means = []
         for s in scores:
             top = found.top(hook, s.feature, "mean")[:k]
             s.exemplar_activation = float(np.mean([v for _, v in top]))
-            s.activation_ratio = (s.activation / s.exemplar_activation
-                                  if s.exemplar_activation > 0 else None)
+            s.activation_ratio = s.activation / s.exemplar_activation if s.exemplar_activation > 0 else None
             pics = torch.stack([to_pixels(img) for img in found.images(hook, s.feature, "mean")[:k]])
-            ex_means.append(hook_vectors(model, hook, pics).mean(dim=(0, 1)))               # (C,)
+            ex_means.append(hook_vectors(model, hook, pics).mean(dim=(0, 1)))  # (C,)
         base = _baseline_images(found, to_pixels, n_baseline)
-        agree = exemplar_agreement(vis_mean, torch.stack(ex_means), hook_vectors(model, hook, base).mean(dim=1))
+        agree = exemplar_agreement(
+            vis_mean, torch.stack(ex_means), hook_vectors(model, hook, base).mean(dim=1)
+        )
         for s, v in zip(scores, agree.tolist()):
             s.exemplar_agreement = float(v)
     except VitvizError as exc:
@@ -286,7 +312,9 @@ def format_scores(scores: Sequence[QualityScores]) -> str:
 
     lines = [head]
     for s in scores:
-        lines.append(f"{s.feature:>7}  {s.activation:>10.3f}  {fmt(s.exemplar_activation, '.3f'):>9}  "
-                     f"{fmt(s.activation_ratio, '.2f'):>6}  {fmt(s.naturalness, '.2f'):>6}  "
-                     f"{fmt(s.seed_stability, '.2f'):>9}  {fmt(s.exemplar_agreement, '+.2f'):>9}")
+        lines.append(
+            f"{s.feature:>7}  {s.activation:>10.3f}  {fmt(s.exemplar_activation, '.3f'):>9}  "
+            f"{fmt(s.activation_ratio, '.2f'):>6}  {fmt(s.naturalness, '.2f'):>6}  "
+            f"{fmt(s.seed_stability, '.2f'):>9}  {fmt(s.exemplar_agreement, '+.2f'):>9}"
+        )
     return "\n".join(lines)

@@ -56,44 +56,44 @@ class Recipe:
 
     name: str
     # --- ensemble of augmentations (drawn afresh every step) ---
-    n_augment: int = 8                                   # copies per image per step
-    jitter: int = 32                                     # max shift in px, both axes, [-j, j]
-    jitter_mode: Literal["per_copy", "per_batch"] = "per_copy"   # circular roll per copy / one per batch
+    n_augment: int = 8  # copies per image per step
+    jitter: int = 32  # max shift in px, both axes, [-j, j]
+    jitter_mode: Literal["per_copy", "per_batch"] = "per_copy"  # circular roll per copy / one per batch
     color_mode: Literal["affine", "standardize", "none"] = "affine"  # sigma*x + mu / (x - mu) / sigma
-    color_mu: float = 1.0                                # mu ~ U(-color_mu, color_mu) per channel
-    color_log_sigma: float = 1.0                         # sigma = exp(U(-a, a)) per channel
+    color_mu: float = 1.0  # mu ~ U(-color_mu, color_mu) per channel
+    color_log_sigma: float = 1.0  # sigma = exp(U(-a, a)) per channel
     noise_mode: Literal["pixel", "channel", "none"] = "pixel"  # N(0, s^2) per pixel / per image per channel
-    noise_std: float = 0.5                               # s at step 0
-    noise_schedule: Literal["linear", "released"] = "linear"    # see augment.noise_std_at
-    order: tuple[str, ...] = ("jitter", "color", "noise")        # applied left to right (+ "affine")
-    scale_range: tuple[float, float] = (1.0, 1.0)        # RandomAffine zoom per copy (1, 1 = off)
-    rotate: float = 0.0                                  # RandomAffine rotation, +- degrees
-    shift: float = 0.0                                   # RandomAffine shift, +- fraction of the size
+    noise_std: float = 0.5  # s at step 0
+    noise_schedule: Literal["linear", "released"] = "linear"  # see augment.noise_std_at
+    order: tuple[str, ...] = ("jitter", "color", "noise")  # applied left to right (+ "affine")
+    scale_range: tuple[float, float] = (1.0, 1.0)  # RandomAffine zoom per copy (1, 1 = off)
+    rotate: float = 0.0  # RandomAffine rotation, +- degrees
+    shift: float = 0.0  # RandomAffine shift, +- fraction of the size
     # --- image parametrization (vitviz_core.param) ---
     param: Literal["pixel", "fourier", "maco"] = "pixel"  # what is optimized: pixels / spectrum / phase
-    param_init_std: float | None = None                  # fourier: spectrum std; maco: phase std
-    param_gain: float | None = None                      # fourier: spatial gain; maco: contrast
-    decay_power: float = 1.0                             # fourier: 1/f^decay spectrum scale
+    param_init_std: float | None = None  # fourier: spectrum std; maco: phase std
+    param_gain: float | None = None  # fourier: spatial gain; maco: contrast
+    decay_power: float = 1.0  # fourier: 1/f^decay spectrum scale
     # --- objective ---
-    reduce: Literal["mean", "sum"] = "mean"              # over patch tokens (prefix tokens excluded)
-    extra_batch_factor: bool = False                     # released: objective divided by n once more
+    reduce: Literal["mean", "sum"] = "mean"  # over patch tokens (prefix tokens excluded)
+    extra_batch_factor: bool = False  # released: objective divided by n once more
     objective_on: Literal["hook", "pre_activation"] = "hook"  # for mlp.hook_post: the channel itself, or
-                                                         # its input before the GELU (mlp.hook_pre), whose
-                                                         # gradient does not vanish where GELU is flat
+    # its input before the GELU (mlp.hook_pre), whose
+    # gradient does not vanish where GELU is flat
     # --- total variation (subtracted: objective - tv_weight * TV) ---
-    tv_weight: float = 5e-5                              # lambda
-    tv_directions: Literal[2, 4] = 2                     # 2: x, y; 4: x, y and both diagonals
-    tv_on: Literal["image", "augmented"] = "image"       # the optimized image / the augmented batch
+    tv_weight: float = 5e-5  # lambda
+    tv_directions: Literal[2, 4] = 2  # 2: x, y; 4: x, y and both diagonals
+    tv_on: Literal["image", "augmented"] = "image"  # the optimized image / the augmented batch
     # --- optimizer ---
     lr: float = 0.1
     betas: tuple[float, float] = (0.5, 0.99)
-    eps: float = 1e-8                                    # Adam eps (paper silent; released: 1e-8)
+    eps: float = 1e-8  # Adam eps (paper silent; released: 1e-8)
     steps: int = 400
-    anneal_to_zero_at_last_step: bool = False            # cosine T_max = steps - 1 (released) or steps
-    schedule: Literal["cosine", "constant"] = "cosine"   # learning rate over the run
-    clamp: tuple[float, float] = (0.0, 1.0)              # pixel range after every step
-    init: Literal["uniform"] = "uniform"                 # U(0, 1) pixels
-    seed_mode: Literal["mixed", "feature"] = "mixed"     # generator seed: hash(seed, feature) / seed + feature
+    anneal_to_zero_at_last_step: bool = False  # cosine T_max = steps - 1 (released) or steps
+    schedule: Literal["cosine", "constant"] = "cosine"  # learning rate over the run
+    clamp: tuple[float, float] = (0.0, 1.0)  # pixel range after every step
+    init: Literal["uniform"] = "uniform"  # U(0, 1) pixels
+    seed_mode: Literal["mixed", "feature"] = "mixed"  # generator seed: hash(seed, feature) / seed + feature
 
     def __post_init__(self) -> None:
         problems = []
@@ -111,9 +111,12 @@ class Recipe:
             problems.append(f"noise_mode must be 'pixel', 'channel' or 'none' (got {self.noise_mode!r})")
         if self.noise_schedule not in ("linear", "released"):
             problems.append(f"noise_schedule must be 'linear' or 'released' (got {self.noise_schedule!r})")
-        if sorted(set(self.order) - {"affine"}) != sorted(("jitter", "color", "noise")) or \
-                len(set(self.order)) != len(self.order):
-            problems.append(f"order must be a permutation of jitter, color, noise (+ affine) (got {self.order})")
+        if sorted(set(self.order) - {"affine"}) != sorted(("jitter", "color", "noise")) or len(
+            set(self.order)
+        ) != len(self.order):
+            problems.append(
+                f"order must be a permutation of jitter, color, noise (+ affine) (got {self.order})"
+            )
         if "affine" not in self.order and (self.scale_range != (1.0, 1.0) or self.rotate or self.shift):
             problems.append("scale_range/rotate/shift need 'affine' in order")
         if self.param not in ("pixel", "fourier", "maco"):

@@ -35,8 +35,9 @@ def parse_features(text: str) -> list[int]:
     for part in parts:
         match = _TOKEN.match(part)
         if not match:
-            raise VitvizError(f"malformed --features {text!r}: use a range like 0-15, a list like 3,7,42, "
-                              "or both (0-3,8)")
+            raise VitvizError(
+                f"malformed --features {text!r}: use a range like 0-15, a list like 3,7,42, or both (0-3,8)"
+            )
         lo = int(match.group(1))
         hi = int(match.group(2)) if match.group(2) is not None else lo
         if hi < lo:
@@ -63,7 +64,9 @@ def check_output_path(path: str | os.PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".vitviz-write-test-"):
             pass
     except OSError as exc:
-        raise VitvizError(f"output directory {str(parent)!r} is not writable ({exc.strerror or exc})") from None
+        raise VitvizError(
+            f"output directory {str(parent)!r} is not writable ({exc.strerror or exc})"
+        ) from None
     return out
 
 
@@ -136,15 +139,26 @@ def render_command(args: argparse.Namespace) -> int:
     check_features(features, spec, args.hook)
 
     # 3. the optimization, with an ETA measured on one step of the real batch
-    run = dict(recipe=recipe, steps=steps, n_augment=copies, seed=args.seed, image_size=args.image_size,
-               batch_features=args.batch_features)
+    run = dict(
+        recipe=recipe,
+        steps=steps,
+        n_augment=copies,
+        seed=args.seed,
+        image_size=args.image_size,
+        batch_features=args.batch_features,
+    )
     eta = estimate_seconds(loaded, args.hook, features, **run)
-    print(f"render: {len(features)} features of {args.hook} ({loaded.name}), {recipe} recipe, {steps} steps x "
-          f"{copies} copies on {device}; ETA about {_clock(eta)}", flush=True)
+    print(
+        f"render: {len(features)} features of {args.hook} ({loaded.name}), {recipe} recipe, {steps} steps x "
+        f"{copies} copies on {device}; ETA about {_clock(eta)}",
+        flush=True,
+    )
     result = optimize_features(loaded, args.hook, features, progress=not args.quiet, **run)
     init = "" if loaded.pretrained else ", random init"
-    title = (f"{loaded.name} ({loaded.arch}{init}) {args.hook}: {recipe} recipe, "
-             f"{steps} steps x {copies} copies, seed {args.seed}")
+    title = (
+        f"{loaded.name} ({loaded.arch}{init}) {args.hook}: {recipe} recipe, "
+        f"{steps} steps x {copies} copies, seed {args.seed}"
+    )
     labels = result.labels
     if args.scores:
         from vitviz_core.quality import format_scores, quality_scores
@@ -154,8 +168,10 @@ def render_command(args: argparse.Namespace) -> int:
     meta = {"Software": "vitviz_core", "Description": json.dumps(result.config, default=str)}
     save_grid_png(result.images, labels, out, title=title, metadata=meta)
     what = f"{len(features)} feature{'s' if len(features) != 1 else ''}"
-    print(f"wrote {out}: {what} of {args.hook} ({loaded.name}, {recipe} recipe, "
-          f"{steps} steps x {copies} copies) in {result.seconds:.1f} s ({result.seconds_per_step:.3f} s/step)")
+    print(
+        f"wrote {out}: {what} of {args.hook} ({loaded.name}, {recipe} recipe, "
+        f"{steps} steps x {copies} copies) in {result.seconds:.1f} s ({result.seconds_per_step:.3f} s/step)"
+    )
     if args.scores:
         print(format_scores(scores))
     return 0

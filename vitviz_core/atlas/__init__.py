@@ -21,9 +21,17 @@ from typing import Any
 
 # Lazy: ``python -m vitviz_core --help`` must not import torch through this package.
 _EXPORTS = {
-    "AtlasJob": "plan", "DataSpec": "plan", "ModelSpec": "plan", "Task": "plan", "match_hooks": "plan",
-    "plan_job": "plan", "run_atlas": "run", "AtlasReport": "run", "neuron_scores": "scores",
-    "ResultStore": "store", "store_digest": "store",
+    "AtlasJob": "plan",
+    "DataSpec": "plan",
+    "ModelSpec": "plan",
+    "Task": "plan",
+    "match_hooks": "plan",
+    "plan_job": "plan",
+    "run_atlas": "run",
+    "AtlasReport": "run",
+    "neuron_scores": "scores",
+    "ResultStore": "store",
+    "store_digest": "store",
 }
 __all__ = list(_EXPORTS)
 

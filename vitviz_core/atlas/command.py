@@ -26,17 +26,29 @@ def add_atlas_arguments(p: argparse.ArgumentParser) -> None:
     """The ``atlas`` subcommand's arguments."""
     p.add_argument("--model", default="vit-ti16", help="built-in name or timm model name")
     p.add_argument("--weights", default="auto", help="auto | builtin | hub | random | PATH")
-    p.add_argument("--timm-kwargs", default=None, metavar="JSON",
-                   help='extra timm.create_model arguments, e.g. \'{"img_size": 32, "depth": 2}\'')
-    p.add_argument("--hooks", required=True, help="glob over hook names, e.g. 'blocks.*.mlp.hook_post' "
-                   "(comma-separated for several; see `python -m vitviz_core hooks MODEL`)")
+    p.add_argument(
+        "--timm-kwargs",
+        default=None,
+        metavar="JSON",
+        help='extra timm.create_model arguments, e.g. \'{"img_size": 32, "depth": 2}\'',
+    )
+    p.add_argument(
+        "--hooks",
+        required=True,
+        help="glob over hook names, e.g. 'blocks.*.mlp.hook_post' "
+        "(comma-separated for several; see `python -m vitviz_core hooks MODEL`)",
+    )
     p.add_argument("--features", required=True, help="per hook: a range like 0-63, a list 3,7,42, or all")
     p.add_argument("--data", default="imagenet-val-1300", help="dataset name under VITVIZ_DATA, or a folder")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: VITVIZ_DATA)")
     p.add_argument("--max-images", type=int, default=None, help="use this many images, spread evenly")
     p.add_argument("--out", required=True, help="output folder (store, index.jsonl, site)")
-    p.add_argument("--recipe", default="maco", choices=sorted(RECIPES),
-                   help="visualization recipe (default maco: the best of benchmarks/vis_quality.py on CPU budgets)")
+    p.add_argument(
+        "--recipe",
+        default="maco",
+        choices=sorted(RECIPES),
+        help="visualization recipe (default maco: the best of benchmarks/vis_quality.py on CPU budgets)",
+    )
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's, 400)")
     p.add_argument("--n-augment", type=int, default=None, help="augmented copies per step (default: 8)")
     p.add_argument("--seed", type=int, default=0)
@@ -46,7 +58,9 @@ def add_atlas_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass in exemplar tasks")
     p.add_argument("--executor", default="local", choices=["local", "ray"])
     p.add_argument("--address", default=None, help="join this Ray cluster (host:port, ray://host:port, auto)")
-    p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)"
+    )
     p.add_argument("--device", default="cpu", help="local executor: cpu | cuda | cuda:N")
     p.add_argument("--no-site", action="store_true", help="do not write the HTML pages")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -81,13 +95,31 @@ def atlas_command(args: argparse.Namespace) -> int:
             raise VitvizError("--timm-kwargs must be a JSON object")
 
     # 2. the job: model, hooks, features, data (loads the model once on the CPU)
-    job = plan_job(ModelSpec(args.model, args.weights, tuple(sorted(kwargs.items()))), args.hooks,
-                   args.features, DataSpec(args.data, args.data_root, args.max_images), recipe=args.recipe,
-                   steps=args.steps, n_augment=args.n_augment, seed=args.seed, k=args.k, chunk=args.chunk,
-                   shard_size=args.shard_size, batch_size=args.batch_size)
+    job = plan_job(
+        ModelSpec(args.model, args.weights, tuple(sorted(kwargs.items()))),
+        args.hooks,
+        args.features,
+        DataSpec(args.data, args.data_root, args.max_images),
+        recipe=args.recipe,
+        steps=args.steps,
+        n_augment=args.n_augment,
+        seed=args.seed,
+        k=args.k,
+        chunk=args.chunk,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+    )
 
     # 3. run or resume
-    report = run_atlas(job, out, executor=args.executor, device=device, address=args.address,
-                       workers=args.workers, site=not args.no_site, progress=not args.quiet)
+    report = run_atlas(
+        job,
+        out,
+        executor=args.executor,
+        device=device,
+        address=args.address,
+        workers=args.workers,
+        site=not args.no_site,
+        progress=not args.quiet,
+    )
     print(report.summary())
     return 0

@@ -64,13 +64,17 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise VitvizError(f"--address {address!r}: use host:port (e.g. 10.0.0.1:6379), ray://host:10001 or auto")
+        raise VitvizError(
+            f"--address {address!r}: use host:port (e.g. 10.0.0.1:6379), ray://host:10001 or auto"
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as exc:
-        raise VitvizError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
-                          "`ray start --head` or check the address") from None
+        raise VitvizError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+            "`ray start --head` or check the address"
+        ) from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -86,8 +90,15 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, job: AtlasJob, address: str | None = None, workers: int | None = None,
-                 num_cpus: int | None = None, retries: int = 2, progress: bool = True) -> None:
+    def __init__(
+        self,
+        job: AtlasJob,
+        address: str | None = None,
+        workers: int | None = None,
+        num_cpus: int | None = None,
+        retries: int = 2,
+        progress: bool = True,
+    ) -> None:
         if workers is not None and workers < 1:
             raise VitvizError(f"--workers must be >= 1 (got {workers})")
         if address:
@@ -95,8 +106,9 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise VitvizError("--executor ray needs Ray: pip install 'vitviz-core[ray]' (or pip install ray)") \
-                from None
+            raise VitvizError(
+                "--executor ray needs Ray: pip install 'vitviz-core[ray]' (or pip install ray)"
+            ) from None
         self.ray = ray
         self.job, self.retries, self.progress = job, retries, progress
         self.started_here = False
@@ -109,8 +121,12 @@ class RayExecutor:
             pass  # a caller (notebook, test) already connected: use that instance
         elif address:
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
             except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
                 raise VitvizError(f"cannot join the Ray cluster at {address}: {_one_line(exc)}") from None
             self.started_here = True
@@ -119,9 +135,13 @@ class RayExecutor:
 
             pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(vitviz_core.__file__)))
             path = os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH", "")) if p)
-            ray.init(num_cpus=num_cpus or workers or os.cpu_count() or 1, include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.WARNING,
-                     runtime_env={"env_vars": {"PYTHONPATH": path}})
+            ray.init(
+                num_cpus=num_cpus or workers or os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": {"PYTHONPATH": path}},
+            )
             self.started_here = True
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
@@ -164,8 +184,9 @@ class RayExecutor:
                 except Exception as exc:  # noqa: BLE001 - lost worker, OOM kill, transient error
                     n = attempts[task.key] = attempts.get(task.key, 0) + 1
                     if n > self.retries:
-                        raise VitvizError(f"{task.describe()} failed {n} times; last error: "
-                                          f"{_one_line(exc)}") from None
+                        raise VitvizError(
+                            f"{task.describe()} failed {n} times; last error: {_one_line(exc)}"
+                        ) from None
                     log.info("retrying %s after: %s", task.describe(), _one_line(exc))
                     queue.append(task)
                     time.sleep(0.5)
@@ -186,9 +207,16 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(kind: str, job: AtlasJob, *, device: str = "cpu", address: str | None = None,
-                  workers: int | None = None, num_cpus: int | None = None,
-                  progress: bool = True) -> LocalExecutor | RayExecutor:
+def make_executor(
+    kind: str,
+    job: AtlasJob,
+    *,
+    device: str = "cpu",
+    address: str | None = None,
+    workers: int | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+) -> LocalExecutor | RayExecutor:
     """``"local"`` or ``"ray"`` (``address``/``workers``/``num_cpus`` only apply to Ray)."""
     if kind == "local":
         if address:

@@ -26,8 +26,9 @@ def _read(out: Path, rel: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
 
 
-def overview_figure(neurons: Sequence[dict[str, Any]], out: str | os.PathLike, max_neurons: int = 16,
-                    ncols: int = 8) -> Figure:
+def overview_figure(
+    neurons: Sequence[dict[str, Any]], out: str | os.PathLike, max_neurons: int = 16, ncols: int = 8
+) -> Figure:
     """The visualizations of the first ``max_neurons`` neurons, labelled ``layer #feature``
     and their grid score (:data:`~vitviz_core.atlas.scores.GRID_SCORE`)."""
     from vitviz_core.plot import feature_grid
@@ -58,8 +59,9 @@ def neuron_figure(neuron: dict[str, Any], out: str | os.PathLike, cell_inches: f
         axes[0, j + 1].imshow(_read(out, e["image"]))
         axes[0, j + 1].set_title(f"{textwrap.fill(e['class'] or '', 16)}\n{e['activation']:.2f}", fontsize=8)
         axes[1, j + 1].imshow(_read(out, e["overlay"]))
-    axes[1, 0].text(0.5, 0.5, "activation\nmaps →", ha="center", va="center", fontsize=8,
-                    transform=axes[1, 0].transAxes)
+    axes[1, 0].text(
+        0.5, 0.5, "activation\nmaps →", ha="center", va="center", fontsize=8, transform=axes[1, 0].transAxes
+    )
     fig.suptitle(f"{neuron['hook']} #{neuron['feature']}", fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.84, bottom=0.01, wspace=0.05, hspace=0.35)
     return fig
@@ -72,9 +74,11 @@ def pick_neuron(neurons: Sequence[dict[str, Any]], hook: str, feature: int) -> d
     for n in neurons:
         if n["hook"] == hook and n["feature"] == int(feature):
             return n
-    raise VitvizError(f"neuron {hook} #{feature} is not in this atlas; it has "
-                      f"{', '.join(sorted({n['hook'] for n in neurons}))} with features "
-                      f"{sorted({n['feature'] for n in neurons})}")
+    raise VitvizError(
+        f"neuron {hook} #{feature} is not in this atlas; it has "
+        f"{', '.join(sorted({n['hook'] for n in neurons}))} with features "
+        f"{sorted({n['feature'] for n in neurons})}"
+    )
 
 
 def describe_neuron(neuron: dict[str, Any]) -> str:
@@ -83,5 +87,7 @@ def describe_neuron(neuron: dict[str, Any]) -> str:
     s = neuron["scores"]
     ratio = "n/a" if s.get("activation_ratio") is None else f"{s['activation_ratio']:.2f}"
     natural = "" if s.get("naturalness") is None else f", spectral naturalness {s['naturalness']:.2f}"
-    return (f"{neuron['hook']} #{neuron['feature']}: exemplars {classes}; visualization activation "
-            f"{s['vis_activation']:.2f}, exemplar mean {s['exemplar_mean']:.2f}, ratio {ratio}{natural}")
+    return (
+        f"{neuron['hook']} #{neuron['feature']}: exemplars {classes}; visualization activation "
+        f"{s['vis_activation']:.2f}, exemplar mean {s['exemplar_mean']:.2f}, ratio {ratio}{natural}"
+    )

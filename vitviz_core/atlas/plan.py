@@ -31,8 +31,18 @@ from typing import Any, Sequence
 
 from vitviz_core.errors import HookError, VitvizError
 
-__all__ = ["ModelSpec", "DataSpec", "AtlasJob", "Task", "parse_feature_spec", "match_hooks",
-           "plan_job", "plan_phase1", "plan_maps", "task_key"]
+__all__ = [
+    "ModelSpec",
+    "DataSpec",
+    "AtlasJob",
+    "Task",
+    "parse_feature_spec",
+    "match_hooks",
+    "plan_job",
+    "plan_phase1",
+    "plan_maps",
+    "task_key",
+]
 
 KINDS = ("vis", "exemplars", "maps")
 _GLOB_CHARS = set("*?[")
@@ -83,8 +93,9 @@ class DataSpec:
         from vitviz_core.data import ImageFolderDataset, find_dataset
 
         transform = loaded.pixel_transform() if pixels else loaded.eval_transform()
-        return ImageFolderDataset(find_dataset(self.name, self.root), transform=transform,
-                                  max_images=self.max_images)
+        return ImageFolderDataset(
+            find_dataset(self.name, self.root), transform=transform, max_images=self.max_images
+        )
 
 
 def data_fingerprint(dataset: Any) -> tuple[str, list[str]]:
@@ -110,8 +121,10 @@ def parse_feature_spec(text: str, channels: int, hook: str) -> tuple[int, ...]:
     feats = parse_features(text)
     bad = [f for f in feats if f >= channels]
     if bad:
-        raise HookError(f"--features {text}: feature {bad[0]} is out of range for {hook}, which has "
-                        f"{channels} channels (0-{channels - 1})")
+        raise HookError(
+            f"--features {text}: feature {bad[0]} is out of range for {hook}, which has "
+            f"{channels} channels (0-{channels - 1})"
+        )
     return tuple(feats)
 
 
@@ -134,8 +147,10 @@ def match_hooks(model: Any, pattern: str) -> list[str]:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
         if not hits:
             examples = ", ".join(n for n in names if "mlp.hook_post" in n)[:160] or ", ".join(names[:6])
-            raise HookError(f"hook pattern {pat!r} matches no hook of this model "
-                            f"(e.g. {examples}; list them with `python -m vitviz_core hooks MODEL`)")
+            raise HookError(
+                f"hook pattern {pat!r} matches no hook of this model "
+                f"(e.g. {examples}; list them with `python -m vitviz_core hooks MODEL`)"
+            )
         out += hits
     return list(dict.fromkeys(out))
 
@@ -144,11 +159,11 @@ def match_hooks(model: Any, pattern: str) -> list[str]:
 class Task:
     """One idempotent unit of work; ``key`` addresses its result in the store."""
 
-    kind: str                                  # "vis" | "exemplars" | "maps"
+    kind: str  # "vis" | "exemplars" | "maps"
     key: str
-    hook: str | None = None                    # vis, maps
-    features: tuple[int, ...] = ()             # vis, maps
-    shard: tuple[int, int] | None = None       # exemplars: [start, stop) dataset indices
+    hook: str | None = None  # vis, maps
+    features: tuple[int, ...] = ()  # vis, maps
+    shard: tuple[int, int] | None = None  # exemplars: [start, stop) dataset indices
     exemplars: tuple[tuple[int, ...], ...] = ()  # maps: top-k dataset indices per feature
 
     @property
@@ -174,22 +189,22 @@ class AtlasJob:
 
     model: ModelSpec
     hooks: tuple[str, ...]
-    features: tuple[tuple[int, ...], ...]      # per hook, in the order of ``hooks``
-    channels: tuple[int, ...]                  # per hook
+    features: tuple[tuple[int, ...], ...]  # per hook, in the order of ``hooks``
+    channels: tuple[int, ...]  # per hook
     data: DataSpec
     weights_hash: str
     data_key: str
     n_images: int
     recipe: str = "maco"
-    steps: int | None = None                   # None: the recipe's
-    n_augment: int | None = None               # None: the recipe's
+    steps: int | None = None  # None: the recipe's
+    n_augment: int | None = None  # None: the recipe's
     seed: int = 0
     k: int = 9
-    chunk: int = 8                             # features per vis / maps task
-    shard_size: int = 256                      # images per exemplar task
-    batch_size: int = 32                       # images per forward pass in exemplar tasks
+    chunk: int = 8  # features per vis / maps task
+    shard_size: int = 256  # images per exemplar task
+    batch_size: int = 32  # images per forward pass in exemplar tasks
     version: str = ""
-    model_label: str = ""                      # e.g. "vit-ti16 (vit_tiny_patch16_224)"
+    model_label: str = ""  # e.g. "vit-ti16 (vit_tiny_patch16_224)"
     files: tuple[str, ...] = field(default=(), repr=False)  # dataset files relative to its root
 
     def features_of(self, hook: str) -> tuple[int, ...]:
@@ -203,10 +218,20 @@ class AtlasJob:
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (no machine paths) for the site and the index."""
         rec = self.recipe_dict()
-        return {"model": self.model_label, "weights_hash": self.weights_hash, "hooks": list(self.hooks),
-                "n_neurons": sum(len(f) for f in self.features), "data": Path(self.data.name).name,
-                "n_images": self.n_images, "recipe": self.recipe, "steps": rec["steps"],
-                "n_augment": rec["n_augment"], "seed": self.seed, "k": self.k, "vitviz": self.version}
+        return {
+            "model": self.model_label,
+            "weights_hash": self.weights_hash,
+            "hooks": list(self.hooks),
+            "n_neurons": sum(len(f) for f in self.features),
+            "data": Path(self.data.name).name,
+            "n_images": self.n_images,
+            "recipe": self.recipe,
+            "steps": rec["steps"],
+            "n_augment": rec["n_augment"],
+            "seed": self.seed,
+            "k": self.k,
+            "vitviz": self.version,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -214,10 +239,22 @@ class AtlasJob:
         return d
 
 
-def plan_job(model: ModelSpec, hooks: str, features: str, data: DataSpec, *, recipe: str = "maco",
-             steps: int | None = None, n_augment: int | None = None, seed: int = 0, k: int = 9,
-             chunk: int = 8, shard_size: int = 256, batch_size: int = 32,
-             loaded: Any = None) -> AtlasJob:
+def plan_job(
+    model: ModelSpec,
+    hooks: str,
+    features: str,
+    data: DataSpec,
+    *,
+    recipe: str = "maco",
+    steps: int | None = None,
+    n_augment: int | None = None,
+    seed: int = 0,
+    k: int = 9,
+    chunk: int = 8,
+    shard_size: int = 256,
+    batch_size: int = 32,
+    loaded: Any = None,
+) -> AtlasJob:
     """Check every argument and build the :class:`AtlasJob` (loads the model once, on the CPU,
     unless ``loaded`` is given, to hash its weights and resolve the hook pattern).
 
@@ -227,9 +264,15 @@ def plan_job(model: ModelSpec, hooks: str, features: str, data: DataSpec, *, rec
     from vitviz_core.hooks import resolve_hook
     from vitviz_core.recipes import get_recipe
 
-    for name, value, low in (("--steps", steps, 1), ("--n-augment", n_augment, 1), ("--k", k, 1),
-                             ("--chunk", chunk, 1), ("--shard-size", shard_size, 1),
-                             ("--batch-size", batch_size, 1), ("--seed", seed, 0)):
+    for name, value, low in (
+        ("--steps", steps, 1),
+        ("--n-augment", n_augment, 1),
+        ("--k", k, 1),
+        ("--chunk", chunk, 1),
+        ("--shard-size", shard_size, 1),
+        ("--batch-size", batch_size, 1),
+        ("--seed", seed, 0),
+    ):
         if value is not None and (not isinstance(value, int) or value < low):
             raise VitvizError(f"{name} must be an integer >= {low} (got {value!r})")
     get_recipe(recipe, steps=steps, n_augment=n_augment)  # unknown recipe -> VitvizError
@@ -239,23 +282,39 @@ def plan_job(model: ModelSpec, hooks: str, features: str, data: DataSpec, *, rec
     specs = [resolve_hook(loaded.model, h) for h in hook_names]
     for s in specs:
         if s.layout == "BHLL":
-            raise HookError(f"hook {s.name!r} holds attention probabilities, which have no channels to "
-                            "visualize; pick token hooks such as blocks.*.mlp.hook_post")
+            raise HookError(
+                f"hook {s.name!r} holds attention probabilities, which have no channels to "
+                "visualize; pick token hooks such as blocks.*.mlp.hook_post"
+            )
     feats = tuple(parse_feature_spec(features, s.channels, s.name) for s in specs)
     dataset = data.dataset(loaded)
     data_key, files = data_fingerprint(dataset)
     init = "" if loaded.pretrained else ", random init"
-    return AtlasJob(model=model, hooks=tuple(hook_names), features=feats,
-                    channels=tuple(s.channels for s in specs), data=data,
-                    weights_hash=weights_fingerprint(loaded.model), data_key=data_key,
-                    n_images=len(dataset), recipe=recipe, steps=steps, n_augment=n_augment, seed=seed,
-                    k=k, chunk=chunk, shard_size=shard_size, batch_size=batch_size,
-                    version=vitviz_core.__version__, model_label=f"{loaded.name} ({loaded.arch}{init})",
-                    files=tuple(files))
+    return AtlasJob(
+        model=model,
+        hooks=tuple(hook_names),
+        features=feats,
+        channels=tuple(s.channels for s in specs),
+        data=data,
+        weights_hash=weights_fingerprint(loaded.model),
+        data_key=data_key,
+        n_images=len(dataset),
+        recipe=recipe,
+        steps=steps,
+        n_augment=n_augment,
+        seed=seed,
+        k=k,
+        chunk=chunk,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        version=vitviz_core.__version__,
+        model_label=f"{loaded.name} ({loaded.arch}{init})",
+        files=tuple(files),
+    )
 
 
 def _chunks(seq: Sequence[int], size: int) -> list[tuple[int, ...]]:
-    return [tuple(seq[i:i + size]) for i in range(0, len(seq), size)]
+    return [tuple(seq[i : i + size]) for i in range(0, len(seq), size)]
 
 
 def _base(job: AtlasJob, kind: str) -> dict[str, Any]:
@@ -264,8 +323,14 @@ def _base(job: AtlasJob, kind: str) -> dict[str, Any]:
 
 def exemplar_spec(job: AtlasJob) -> dict[str, Any]:
     """What every exemplar result depends on (the shard aside)."""
-    return {**_base(job, "exemplars"), "hooks": {h: list(f) for h, f in zip(job.hooks, job.features)},
-            "data": job.data_key, "k": job.k, "stat": "mean", "batch_size": job.batch_size}
+    return {
+        **_base(job, "exemplars"),
+        "hooks": {h: list(f) for h, f in zip(job.hooks, job.features)},
+        "data": job.data_key,
+        "k": job.k,
+        "stat": "mean",
+        "batch_size": job.batch_size,
+    }
 
 
 def plan_phase1(job: AtlasJob) -> list[Task]:
@@ -274,8 +339,13 @@ def plan_phase1(job: AtlasJob) -> list[Task]:
     recipe = job.recipe_dict()
     for hook, feats in zip(job.hooks, job.features):
         for part in _chunks(feats, job.chunk):
-            spec = {**_base(job, "vis"), "hook": hook, "features": list(part), "recipe": recipe,
-                    "seed": job.seed}
+            spec = {
+                **_base(job, "vis"),
+                "hook": hook,
+                "features": list(part),
+                "recipe": recipe,
+                "seed": job.seed,
+            }
             tasks.append(Task("vis", task_key(spec), hook=hook, features=part))
     ex = exemplar_spec(job)
     for start in range(0, job.n_images, job.shard_size):
@@ -286,8 +356,9 @@ def plan_phase1(job: AtlasJob) -> list[Task]:
 
 def merged_key(job: AtlasJob) -> str:
     """Address of the merged exemplars (all shards of this job's exemplar configuration)."""
-    return task_key({**exemplar_spec(job), "n_images": job.n_images, "shard_size": job.shard_size,
-                     "merged": True})
+    return task_key(
+        {**exemplar_spec(job), "n_images": job.n_images, "shard_size": job.shard_size, "merged": True}
+    )
 
 
 def plan_maps(job: AtlasJob, top_indices: dict[str, Any]) -> list[Task]:
@@ -300,7 +371,12 @@ def plan_maps(job: AtlasJob, top_indices: dict[str, Any]) -> list[Task]:
         col = {f: i for i, f in enumerate(feats)}
         for part in _chunks(feats, job.chunk):
             ex = tuple(tuple(int(v) for v in idx[:, col[f]] if v >= 0) for f in part)
-            spec = {**_base(job, "maps"), "hook": hook, "features": list(part), "merged": mkey,
-                    "exemplars": [list(e) for e in ex]}
+            spec = {
+                **_base(job, "maps"),
+                "hook": hook,
+                "features": list(part),
+                "merged": mkey,
+                "exemplars": [list(e) for e in ex],
+            }
             tasks.append(Task("maps", task_key(spec), hook=hook, features=part, exemplars=ex))
     return tasks

@@ -36,7 +36,7 @@ class AtlasReport:
 
     out: Path
     tasks_total: int
-    tasks_run: list[str] = field(default_factory=list)      # task keys executed in this run
+    tasks_run: list[str] = field(default_factory=list)  # task keys executed in this run
     tasks_skipped: int = 0
     executor_started: bool = False
     workers: int = 0
@@ -47,12 +47,17 @@ class AtlasReport:
     def summary(self) -> str:
         ran = len(self.tasks_run)
         busy = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(self.task_seconds.items()))
-        return (f"atlas: {len(self.neurons)} neurons, {ran} task(s) run, {self.tasks_skipped} already done, "
-                f"{self.seconds:.1f} s" + (f" (task time: {busy})" if busy else "")
-                + f"; open {self.out / 'index.html'}")
+        return (
+            f"atlas: {len(self.neurons)} neurons, {ran} task(s) run, {self.tasks_skipped} already done, "
+            f"{self.seconds:.1f} s"
+            + (f" (task time: {busy})" if busy else "")
+            + f"; open {self.out / 'index.html'}"
+        )
 
 
-def merge_exemplars(job: AtlasJob, store: ResultStore, shards: list[Task]) -> dict[str, dict[str, np.ndarray]]:
+def merge_exemplars(
+    job: AtlasJob, store: ResultStore, shards: list[Task]
+) -> dict[str, dict[str, np.ndarray]]:
     """Merge every shard's top-k into the job's top-k (written once as a record; read back on
     reruns): ``{hook: {"values": (k, F), "indices": (k, F), "maps": (k, F, h, w)}}``."""
     from vitviz_core.evaluate.exemplars import FeatureTopK, TopKState
@@ -63,28 +68,46 @@ def merge_exemplars(job: AtlasJob, store: ResultStore, shards: list[Task]) -> di
         for task in shards:
             arrays, _ = store.read(task)
             for hook in job.hooks:
-                part = FeatureTopK(values=torch.from_numpy(arrays[f"{hook}/values"]),
-                                   indices=torch.from_numpy(arrays[f"{hook}/indices"]),
-                                   maps=torch.from_numpy(arrays[f"{hook}/maps"]))
+                part = FeatureTopK(
+                    values=torch.from_numpy(arrays[f"{hook}/values"]),
+                    indices=torch.from_numpy(arrays[f"{hook}/indices"]),
+                    maps=torch.from_numpy(arrays[f"{hook}/maps"]),
+                )
                 state = TopKState.from_topk(part, k=job.k)
                 state.seen = task.shard[1] - task.shard[0]
                 merged[hook] = merged[hook].merge(state) if hook in merged else state
         arrays = {}
         for hook in job.hooks:
             r = merged[hook].result()
-            arrays.update({f"{hook}/values": r.values.numpy(), f"{hook}/indices": r.indices.numpy(),
-                           f"{hook}/maps": r.maps.numpy()})
-        record = {"task": {"kind": "merged", "key": merged_key(job), "shards": [t.key for t in shards]},
-                  "result": {"features": {h: list(f) for h, f in zip(job.hooks, job.features)}},
-                  "files": []}
+            arrays.update(
+                {
+                    f"{hook}/values": r.values.numpy(),
+                    f"{hook}/indices": r.indices.numpy(),
+                    f"{hook}/maps": r.maps.numpy(),
+                }
+            )
+        record = {
+            "task": {"kind": "merged", "key": merged_key(job), "shards": [t.key for t in shards]},
+            "result": {"features": {h: list(f) for h, f in zip(job.hooks, job.features)}},
+            "files": [],
+        }
         atomic_write(path, encode_record(arrays, record, {}))
     arrays, _ = read_record(path)
     return {h: {n: arrays[f"{h}/{n}"] for n in ("values", "indices", "maps")} for h in job.hooks}
 
 
-def run_atlas(job: AtlasJob, out: str | Path, *, executor: str = "local", device: str = "cpu",
-              address: str | None = None, workers: int | None = None, num_cpus: int | None = None,
-              site: bool = True, progress: bool = True) -> AtlasReport:
+def run_atlas(
+    job: AtlasJob,
+    out: str | Path,
+    *,
+    executor: str = "local",
+    device: str = "cpu",
+    address: str | None = None,
+    workers: int | None = None,
+    num_cpus: int | None = None,
+    site: bool = True,
+    progress: bool = True,
+) -> AtlasReport:
     """Run (or resume) ``job`` into the folder ``out``; see the module docstring."""
     t0 = time.perf_counter()
     store = ResultStore(out, job.weights_hash)
@@ -104,8 +127,15 @@ def run_atlas(job: AtlasJob, out: str | Path, *, executor: str = "local", device
         if not todo:
             return
         if ex is None:
-            ex = make_executor(executor, job, device=device, address=address, workers=workers,
-                               num_cpus=num_cpus, progress=progress)
+            ex = make_executor(
+                executor,
+                job,
+                device=device,
+                address=address,
+                workers=workers,
+                num_cpus=num_cpus,
+                progress=progress,
+            )
             report.executor_started = True
             report.workers = ex.workers
         ex.run(todo, done, desc)
@@ -129,8 +159,13 @@ def run_atlas(job: AtlasJob, out: str | Path, *, executor: str = "local", device
     return report
 
 
-def collect_neurons(job: AtlasJob, store: ResultStore, phase1: list[Task], maps: list[Task],
-                    merged: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+def collect_neurons(
+    job: AtlasJob,
+    store: ResultStore,
+    phase1: list[Task],
+    maps: list[Task],
+    merged: dict[str, dict[str, np.ndarray]],
+) -> list[dict[str, Any]]:
     """One dict per neuron of this job: hook, feature, scores, image paths relative to ``out``."""
     rel = lambda p: p.relative_to(store.out).as_posix()  # noqa: E731
     vis = {}
@@ -139,10 +174,13 @@ def collect_neurons(job: AtlasJob, store: ResultStore, phase1: list[Task], maps:
             continue
         arrays, _ = store.read(task)
         for i, f in enumerate(task.features):
-            vis[(task.hook, f)] = (float(arrays["clean_activation"][i]), _natural(arrays, i),
-                                   rel(store.image_path(task, f"f{f:05d}.png")),
-                                   rel(store.image_path(task, f"f{f:05d}.thumb.png")),
-                                   [float(v) for v in arrays["history"][:, i]])
+            vis[(task.hook, f)] = (
+                float(arrays["clean_activation"][i]),
+                _natural(arrays, i),
+                rel(store.image_path(task, f"f{f:05d}.png")),
+                rel(store.image_path(task, f"f{f:05d}.thumb.png")),
+                [float(v) for v in arrays["history"][:, i]],
+            )
     neurons = []
     for task in maps:
         _, record = store.read(task)
@@ -152,11 +190,25 @@ def collect_neurons(job: AtlasJob, store: ResultStore, phase1: list[Task], maps:
             clean, natural, image, thumb, history = vis[(task.hook, f)]
             exemplars = []
             for j, e in enumerate(record["result"]["exemplars"][str(f)]):
-                exemplars.append({**e, "activation": float(values[j]),
-                                  "image": rel(store.image_path(task, f"f{f:05d}.ex{j}.png")),
-                                  "overlay": rel(store.image_path(task, f"f{f:05d}.ov{j}.png"))})
-            neurons.append({"hook": task.hook, "feature": f, "scores": neuron_scores(clean, values, natural),
-                            "image": image, "thumb": thumb, "history": history, "exemplars": exemplars})
+                exemplars.append(
+                    {
+                        **e,
+                        "activation": float(values[j]),
+                        "image": rel(store.image_path(task, f"f{f:05d}.ex{j}.png")),
+                        "overlay": rel(store.image_path(task, f"f{f:05d}.ov{j}.png")),
+                    }
+                )
+            neurons.append(
+                {
+                    "hook": task.hook,
+                    "feature": f,
+                    "scores": neuron_scores(clean, values, natural),
+                    "image": image,
+                    "thumb": thumb,
+                    "history": history,
+                    "exemplars": exemplars,
+                }
+            )
     return neurons
 
 
@@ -183,11 +235,21 @@ def write_index(store: ResultStore) -> Path:
         task, res = record["task"], record["result"]
         spec = res.get("spec", {})
         for i, f in enumerate(task["features"]):
-            lines.append({"weights": store.root.name, "hook": task["hook"], "feature": f, **spec,
-                          "task": task["key"], "image": (path.parent / path.stem / f"f{f:05d}.png")
-                          .relative_to(store.out).as_posix(),
-                          "scores": neuron_scores(float(arrays["clean_activation"][i]),
-                                                  merged.get((task["hook"], f)), _natural(arrays, i))})
+            lines.append(
+                {
+                    "weights": store.root.name,
+                    "hook": task["hook"],
+                    "feature": f,
+                    **spec,
+                    "task": task["key"],
+                    "image": (path.parent / path.stem / f"f{f:05d}.png").relative_to(store.out).as_posix(),
+                    "scores": neuron_scores(
+                        float(arrays["clean_activation"][i]),
+                        merged.get((task["hook"], f)),
+                        _natural(arrays, i),
+                    ),
+                }
+            )
     lines.sort(key=lambda d: (d["hook"], d["feature"], d["task"]))
     out = store.out / "index.jsonl"
     atomic_write(out, "".join(json.dumps(d, sort_keys=True) + "\n" for d in lines).encode())

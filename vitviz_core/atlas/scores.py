@@ -29,8 +29,9 @@ SCORE_LABELS = {
 }
 
 
-def neuron_scores(vis_activation: float | None, exemplar_values: np.ndarray | None,
-                  naturalness: float | None = None) -> dict[str, Any]:
+def neuron_scores(
+    vis_activation: float | None, exemplar_values: np.ndarray | None, naturalness: float | None = None
+) -> dict[str, Any]:
     """Scores of one neuron from its visualization's clean activation, its exemplars'
     activations ``(k,)`` (best first) and its spectral naturalness; missing inputs give
     ``None`` entries."""

@@ -62,17 +62,21 @@ def _fmt(v: Any) -> str:
 
 
 def _page(title: str, page: str, body: str) -> bytes:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{html.escape(title)}</title><link rel=\"stylesheet\" href=\"{_rel('atlas.css', page)}\">"
-            f"</head><body>\n{body}\n</body></html>\n").encode()
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{html.escape(title)}</title><link rel="stylesheet" href="{_rel("atlas.css", page)}">'
+        f"</head><body>\n{body}\n</body></html>\n"
+    ).encode()
 
 
 def _cell(n: dict[str, Any], page: str, label: str) -> str:
     score = n["scores"].get(GRID_SCORE)
-    return (f"<div class=\"cell\"><a href=\"{_rel(neuron_page_path(n['hook'], n['feature']), page)}\">"
-            f"<img src=\"{_rel(n['thumb'], page)}\" alt=\"{html.escape(label)}\" loading=\"lazy\"></a>"
-            f"{html.escape(label)}<br><span class=\"muted\">{_fmt(score)}</span></div>")
+    return (
+        f'<div class="cell"><a href="{_rel(neuron_page_path(n["hook"], n["feature"]), page)}">'
+        f'<img src="{_rel(n["thumb"], page)}" alt="{html.escape(label)}" loading="lazy"></a>'
+        f'{html.escape(label)}<br><span class="muted">{_fmt(score)}</span></div>'
+    )
 
 
 def _sparkline(values: Sequence[float], width: int = 336, height: int = 80) -> str:
@@ -80,22 +84,35 @@ def _sparkline(values: Sequence[float], width: int = 336, height: int = 80) -> s
         return ""
     lo, hi = min(values), max(values)
     span = (hi - lo) or 1.0
-    pts = " ".join(f"{i * (width - 8) / (len(values) - 1) + 4:.1f},{height - 4 - (v - lo) / span * (height - 8):.1f}"
-                   for i, v in enumerate(values))
-    return (f"<svg width=\"{width}\" height=\"{height}\" role=\"img\" aria-label=\"objective per step\">"
-            f"<polyline fill=\"none\" stroke=\"#1a5fb4\" stroke-width=\"1.5\" points=\"{pts}\"/></svg>"
-            f"<div class=\"muted\">objective per step: {values[0]:.3g} → {values[-1]:.3g}</div>")
+    pts = " ".join(
+        f"{i * (width - 8) / (len(values) - 1) + 4:.1f},{height - 4 - (v - lo) / span * (height - 8):.1f}"
+        for i, v in enumerate(values)
+    )
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="objective per step">'
+        f'<polyline fill="none" stroke="#1a5fb4" stroke-width="1.5" points="{pts}"/></svg>'
+        f'<div class="muted">objective per step: {values[0]:.3g} → {values[-1]:.3g}</div>'
+    )
 
 
 def _meta_table(job: AtlasJob) -> str:
     d = job.describe()
-    rows = [("model", d["model"]), ("weights hash", d["weights_hash"]),
-            ("data", f"{d['data']} ({d['n_images']} images)"),
-            ("visualization", f"{d['recipe']} recipe, {d['steps']} steps x {d['n_augment']} augmentations, "
-                              f"seed {d['seed']}"),
-            ("exemplars", f"top {d['k']} by mean activation over patches"), ("vitviz", d["vitviz"])]
-    return "<table class=\"meta\">" + "".join(f"<tr><td class=\"muted\">{k}</td><td>{html.escape(str(v))}</td></tr>"
-                                              for k, v in rows) + "</table>"
+    rows = [
+        ("model", d["model"]),
+        ("weights hash", d["weights_hash"]),
+        ("data", f"{d['data']} ({d['n_images']} images)"),
+        (
+            "visualization",
+            f"{d['recipe']} recipe, {d['steps']} steps x {d['n_augment']} augmentations, seed {d['seed']}",
+        ),
+        ("exemplars", f"top {d['k']} by mean activation over patches"),
+        ("vitviz", d["vitviz"]),
+    ]
+    return (
+        '<table class="meta">'
+        + "".join(f'<tr><td class="muted">{k}</td><td>{html.escape(str(v))}</td></tr>' for k, v in rows)
+        + "</table>"
+    )
 
 
 def build_site(job: AtlasJob, neurons: list[dict[str, Any]], out: str | os.PathLike) -> Path:
@@ -111,22 +128,30 @@ def build_site(job: AtlasJob, neurons: list[dict[str, Any]], out: str | os.PathL
 
     # index: layers
     page = "index.html"
-    parts = [f"<h1>{html.escape(title)}</h1>", _meta_table(job),
-             f"<p>{len(neurons)} neurons in {len(job.hooks)} layer(s). The number under each "
-             f"thumbnail: {html.escape(SCORE_LABELS[GRID_SCORE])}.</p>"]
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        _meta_table(job),
+        f"<p>{len(neurons)} neurons in {len(job.hooks)} layer(s). The number under each "
+        f"thumbnail: {html.escape(SCORE_LABELS[GRID_SCORE])}.</p>",
+    ]
     for hook, items in by_hook.items():
         preview = "".join(_cell(n, page, f"#{n['feature']}") for n in items[:8])
-        parts.append(f"<div class=\"layer\"><h2><a href=\"{layer_page_path(hook)}\">{html.escape(hook)}</a> "
-                     f"<span class=\"muted\">({len(items)} neurons)</span></h2><div class=\"grid\">{preview}</div></div>")
+        parts.append(
+            f'<div class="layer"><h2><a href="{layer_page_path(hook)}">{html.escape(hook)}</a> '
+            f'<span class="muted">({len(items)} neurons)</span></h2><div class="grid">{preview}</div></div>'
+        )
     atomic_write(out / page, _page(title, page, "\n".join(parts)))
 
     # layer grids
     for hook, items in by_hook.items():
         page = layer_page_path(hook)
-        body = (f"<div class=\"nav\"><a href=\"{_rel('index.html', page)}\">atlas index</a></div>"
-                f"<h1>{html.escape(hook)}</h1><p class=\"muted\">{html.escape(job.model_label)}; number = "
-                f"{html.escape(SCORE_LABELS[GRID_SCORE])}</p><div class=\"grid\">"
-                + "".join(_cell(n, page, f"#{n['feature']}") for n in items) + "</div>")
+        body = (
+            f'<div class="nav"><a href="{_rel("index.html", page)}">atlas index</a></div>'
+            f'<h1>{html.escape(hook)}</h1><p class="muted">{html.escape(job.model_label)}; number = '
+            f'{html.escape(SCORE_LABELS[GRID_SCORE])}</p><div class="grid">'
+            + "".join(_cell(n, page, f"#{n['feature']}") for n in items)
+            + "</div>"
+        )
         atomic_write(out / page, _page(f"{hook}: {title}", page, body))
 
     # neuron pages
@@ -136,32 +161,51 @@ def build_site(job: AtlasJob, neurons: list[dict[str, Any]], out: str | os.PathL
             page = neuron_page_path(hook, n["feature"])
             links = [("atlas index", "index.html"), (f"layer {hook}", layer_page_path(hook))]
             if i > 0:
-                links.append((f"← #{items[i - 1]['feature']}", neuron_page_path(hook, items[i - 1]["feature"])))
+                links.append(
+                    (f"← #{items[i - 1]['feature']}", neuron_page_path(hook, items[i - 1]["feature"]))
+                )
             if i + 1 < len(items):
-                links.append((f"#{items[i + 1]['feature']} →", neuron_page_path(hook, items[i + 1]["feature"])))
+                links.append(
+                    (f"#{items[i + 1]['feature']} →", neuron_page_path(hook, items[i + 1]["feature"]))
+                )
             for dh, word in ((-1, "below"), (1, "above")):
                 if 0 <= hi + dh < len(job.hooks) and (job.hooks[hi + dh], n["feature"]) in lookup:
-                    links.append((f"#{n['feature']} one layer {word} ({job.hooks[hi + dh]})",
-                                  neuron_page_path(job.hooks[hi + dh], n["feature"])))
-            nav = "<div class=\"nav\">" + "".join(f"<a href=\"{_rel(t, page)}\">{html.escape(s)}</a>"
-                                                  for s, t in links) + "</div>"
-            scores = "<table class=\"meta\">" + "".join(
-                f"<tr><td class=\"muted\">{html.escape(SCORE_LABELS[k])}</td><td>{_fmt(v)}</td></tr>"
-                for k, v in n["scores"].items()) + "</table>"
+                    links.append(
+                        (
+                            f"#{n['feature']} one layer {word} ({job.hooks[hi + dh]})",
+                            neuron_page_path(job.hooks[hi + dh], n["feature"]),
+                        )
+                    )
+            nav = (
+                '<div class="nav">'
+                + "".join(f'<a href="{_rel(t, page)}">{html.escape(s)}</a>' for s, t in links)
+                + "</div>"
+            )
+            scores = (
+                '<table class="meta">'
+                + "".join(
+                    f'<tr><td class="muted">{html.escape(SCORE_LABELS[k])}</td><td>{_fmt(v)}</td></tr>'
+                    for k, v in n["scores"].items()
+                )
+                + "</table>"
+            )
             ex_cells = []
             for j, e in enumerate(n["exemplars"]):
                 cap = f"{html.escape(e['class'] or e['file'].split('/')[-1])}<br>act {e['activation']:.3g}"
                 ex_cells.append(
-                    f"<div class=\"cell\"><img src=\"{_rel(e['image'], page)}\" alt=\"exemplar {j + 1}\" "
-                    f"title=\"{html.escape(e['file'])}\"><img src=\"{_rel(e['overlay'], page)}\" "
-                    f"alt=\"activation map {j + 1}\">{cap}</div>")
-            body = (nav + f"<h1>{html.escape(hook)} #{n['feature']}</h1>"
-                    f"<p class=\"muted\">{html.escape(job.model_label)}</p><div class=\"row\"><div>"
-                    f"<img class=\"big\" src=\"{_rel(n['image'], page)}\" alt=\"feature visualization\">"
-                    f"<div class=\"muted\">feature visualization</div></div><div>{scores}"
-                    f"{_sparkline(n['history'])}</div></div>"
-                    f"<h2>Top {len(n['exemplars'])} exemplars of {html.escape(Path(job.data.name).name)} "
-                    f"(image, then its activation map)</h2><div class=\"grid\">" + "".join(ex_cells) + "</div>")
+                    f'<div class="cell"><img src="{_rel(e["image"], page)}" alt="exemplar {j + 1}" '
+                    f'title="{html.escape(e["file"])}"><img src="{_rel(e["overlay"], page)}" '
+                    f'alt="activation map {j + 1}">{cap}</div>'
+                )
+            body = (
+                nav + f"<h1>{html.escape(hook)} #{n['feature']}</h1>"
+                f'<p class="muted">{html.escape(job.model_label)}</p><div class="row"><div>'
+                f'<img class="big" src="{_rel(n["image"], page)}" alt="feature visualization">'
+                f'<div class="muted">feature visualization</div></div><div>{scores}'
+                f"{_sparkline(n['history'])}</div></div>"
+                f"<h2>Top {len(n['exemplars'])} exemplars of {html.escape(Path(job.data.name).name)} "
+                f'(image, then its activation map)</h2><div class="grid">' + "".join(ex_cells) + "</div>"
+            )
             atomic_write(out / page, _page(f"{hook} #{n['feature']}: {title}", page, body))
     return out / "index.html"
 

@@ -89,11 +89,21 @@ class ResultStore:
         folder = self.files_dir(task)
         for name, data in sorted(payload.files.items()):
             atomic_write(folder / name, data)
-        record = {"task": {"kind": task.kind, "key": task.key, "hook": task.hook,
-                           "features": list(task.features), "shard": list(task.shard) if task.shard else None},
-                  "result": payload.meta, "files": sorted(payload.files)}
+        record = {
+            "task": {
+                "kind": task.kind,
+                "key": task.key,
+                "hook": task.hook,
+                "features": list(task.features),
+                "shard": list(task.shard) if task.shard else None,
+            },
+            "result": payload.meta,
+            "files": sorted(payload.files),
+        }
         path = self.record_path(task)
-        atomic_write(path, encode_record(payload.arrays, record, run or {"seconds": round(payload.seconds, 3)}))
+        atomic_write(
+            path, encode_record(payload.arrays, record, run or {"seconds": round(payload.seconds, 3)})
+        )
         return path
 
     def read(self, task: Task) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -114,8 +124,10 @@ def encode_record(arrays: dict[str, np.ndarray], record: dict[str, Any], run: di
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     if not arrays:
         arrays = {"_empty": np.zeros(0, np.float32)}
-    return save(arrays, metadata={"record": json.dumps(record, sort_keys=True),
-                                  "run": json.dumps(run, sort_keys=True)})
+    return save(
+        arrays,
+        metadata={"record": json.dumps(record, sort_keys=True), "run": json.dumps(run, sort_keys=True)},
+    )
 
 
 def read_record(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -82,25 +82,45 @@ def run_vis(loaded: Any, job: AtlasJob, task: Task) -> Payload:
     PNGs, the objective history and the clean activation of each visualization."""
     from vitviz_core.optimize import optimize_features, score_images
 
-    res = optimize_features(loaded, task.hook, list(task.features), recipe=job.recipe, steps=job.steps,
-                            n_augment=job.n_augment, seed=job.seed, progress=False)
-    images = res.images                                                   # (K, 3, H, W) in [0, 1]
+    res = optimize_features(
+        loaded,
+        task.hook,
+        list(task.features),
+        recipe=job.recipe,
+        steps=job.steps,
+        n_augment=job.n_augment,
+        seed=job.seed,
+        progress=False,
+    )
+    images = res.images  # (K, 3, H, W) in [0, 1]
     clean = score_images(loaded, task.hook, images, list(task.features))  # (K,)
-    natural = _naturalness(images)                                        # (K,), NaN without data
-    thumbs = _resize(images, THUMB)                                       # (K, 3, T, T)
+    natural = _naturalness(images)  # (K,), NaN without data
+    thumbs = _resize(images, THUMB)  # (K, 3, T, T)
     files = {}
     for i, f in enumerate(task.features):
         files[f"f{f:05d}.png"] = png_bytes(images[i])
         files[f"f{f:05d}.thumb.png"] = png_bytes(thumbs[i])
-    return Payload(arrays={"clean_activation": clean.numpy().astype(np.float32),     # (K,)
-                           "naturalness": natural.numpy().astype(np.float32),        # (K,)
-                           "history": res.history.numpy().astype(np.float32)},       # (steps, K)
-                   meta={"features": list(task.features), "objective": res.config["objective"],
-                         "image_size": res.config["image_size"],
-                         "spec": {"model": job.model_label, "recipe": job.recipe, "seed": job.seed,
-                                  "steps": res.config["steps"], "n_augment": res.config["recipe"]["n_augment"],
-                                  "vitviz": job.version}},
-                   files=files)
+    return Payload(
+        arrays={
+            "clean_activation": clean.numpy().astype(np.float32),  # (K,)
+            "naturalness": natural.numpy().astype(np.float32),  # (K,)
+            "history": res.history.numpy().astype(np.float32),
+        },  # (steps, K)
+        meta={
+            "features": list(task.features),
+            "objective": res.config["objective"],
+            "image_size": res.config["image_size"],
+            "spec": {
+                "model": job.model_label,
+                "recipe": job.recipe,
+                "seed": job.seed,
+                "steps": res.config["steps"],
+                "n_augment": res.config["recipe"]["n_augment"],
+                "vitviz": job.version,
+            },
+        },
+        files=files,
+    )
 
 
 def run_exemplars(loaded: Any, job: AtlasJob, task: Task) -> Payload:
@@ -111,18 +131,29 @@ def run_exemplars(loaded: Any, job: AtlasJob, task: Task) -> Payload:
 
     dataset = job.data.dataset(loaded)
     if len(dataset) != job.n_images:
-        raise VitvizError(f"the dataset {job.data.name!r} has {len(dataset)} images on this worker, "
-                          f"{job.n_images} when the job was planned; give every worker the same data")
+        raise VitvizError(
+            f"the dataset {job.data.name!r} has {len(dataset)} images on this worker, "
+            f"{job.n_images} when the job was planned; give every worker the same data"
+        )
     shard = Subset(dataset, range(*task.shard))
-    res = find_exemplars(loaded, shard, hooks=list(job.hooks), k=job.k, stats=("mean",),
-                         batch_size=job.batch_size, keep_maps=True, cache=False, progress=False)
+    res = find_exemplars(
+        loaded,
+        shard,
+        hooks=list(job.hooks),
+        k=job.k,
+        stats=("mean",),
+        batch_size=job.batch_size,
+        keep_maps=True,
+        cache=False,
+        progress=False,
+    )
     arrays = {}
     for hook, feats in zip(job.hooks, job.features):
         t = res.topk[hook]["mean"]
         cols = torch.tensor(feats)
-        arrays[f"{hook}/values"] = t.values[:, cols].numpy()              # (n, F) float32
-        arrays[f"{hook}/indices"] = t.indices[:, cols].numpy()            # (n, F) int64
-        arrays[f"{hook}/maps"] = t.maps[:, cols].numpy()                  # (n, F, h, w) float16
+        arrays[f"{hook}/values"] = t.values[:, cols].numpy()  # (n, F) float32
+        arrays[f"{hook}/indices"] = t.indices[:, cols].numpy()  # (n, F) int64
+        arrays[f"{hook}/maps"] = t.maps[:, cols].numpy()  # (n, F, h, w) float16
     return Payload(arrays=arrays, meta={"shard": list(task.shard), "images": task.shard[1] - task.shard[0]})
 
 
@@ -131,10 +162,10 @@ def _overlay(images: Tensor, maps: Tensor, vmax: float) -> Tensor:
     scaled to [0, vmax] (negative activations show as none) -> ``(B, 3, H, W)``."""
     from matplotlib import colormaps
 
-    m = (maps / max(vmax, 1e-12)).clamp(0, 1)                            # (B, H, W)
+    m = (maps / max(vmax, 1e-12)).clamp(0, 1)  # (B, H, W)
     lut = torch.tensor(colormaps["inferno"](np.linspace(0, 1, 256))[:, :3], dtype=torch.float32)
-    color = lut[(m * 255).round().long()].permute(0, 3, 1, 2)             # (B, 3, H, W)
-    alpha = 0.25 + 0.5 * m[:, None]                                       # (B, 1, H, W)
+    color = lut[(m * 255).round().long()].permute(0, 3, 1, 2)  # (B, 3, H, W)
+    alpha = 0.25 + 0.5 * m[:, None]  # (B, 1, H, W)
     return images * (1 - alpha) + color * alpha
 
 
@@ -150,20 +181,27 @@ def run_maps(loaded: Any, job: AtlasJob, task: Task) -> Payload:
     dev = loaded.device
     for f, idx in zip(task.features, task.exemplars):
         items = [dataset[i] for i in idx]
-        x = torch.stack([it[0] for it in items]).to(dev)                   # (k, 3, H, W) in [0, 1]
+        x = torch.stack([it[0] for it in items]).to(dev)  # (k, 3, H, W) in [0, 1]
         grid_maps = activation_maps(loaded, loaded.normalize(x), task.hook, f, size=None)  # (k, h, w)
-        up = F.interpolate(grid_maps[:, None].float(), size=(THUMB, THUMB), mode="bilinear",
-                           align_corners=False)[:, 0]                       # (k, T, T)
-        small = _resize(x.float(), THUMB).clamp(0, 1).cpu()                  # (k, 3, T, T)
+        up = F.interpolate(
+            grid_maps[:, None].float(), size=(THUMB, THUMB), mode="bilinear", align_corners=False
+        )[:, 0]  # (k, T, T)
+        small = _resize(x.float(), THUMB).clamp(0, 1).cpu()  # (k, 3, T, T)
         over = _overlay(small, up.cpu(), float(grid_maps.max()))
         for j in range(len(idx)):
             files[f"f{f:05d}.ex{j}.png"] = png_bytes(small[j])
             files[f"f{f:05d}.ov{j}.png"] = png_bytes(over[j])
-        arrays[f"f{f:05d}/maps"] = grid_maps.float().cpu().numpy()          # (k, h, w)
+        arrays[f"f{f:05d}/maps"] = grid_maps.float().cpu().numpy()  # (k, h, w)
         arrays[f"f{f:05d}/map_mean"] = grid_maps.float().mean(dim=(1, 2)).cpu().numpy()  # (k,)
         meta["exemplars"][str(f)] = [
-            {"index": int(it[2]), "file": job.files[int(it[2])], "label": int(it[1]),
-             "class": class_name(int(it[1])) if 0 <= int(it[1]) < 1000 else ""} for it in items]
+            {
+                "index": int(it[2]),
+                "file": job.files[int(it[2])],
+                "label": int(it[1]),
+                "class": class_name(int(it[1])) if 0 <= int(it[1]) < 1000 else "",
+            }
+            for it in items
+        ]
     return Payload(arrays=arrays, meta=meta, files=files)
 
 
@@ -180,14 +218,18 @@ class Worker:
         if threads:
             torch.set_num_threads(int(threads))
         if vitviz_core.__version__ != job.version:
-            raise VitvizError(f"this worker runs vitviz {vitviz_core.__version__} but the job was planned "
-                              f"with {job.version}; install the same version on every node")
+            raise VitvizError(
+                f"this worker runs vitviz {vitviz_core.__version__} but the job was planned "
+                f"with {job.version}; install the same version on every node"
+            )
         self.job = job
         self.loaded = job.model.load(device)
         got = weights_fingerprint(self.loaded.model)
         if got != job.weights_hash:
-            raise VitvizError(f"the model {job.model.name!r} loads different weights on this worker (hash "
-                              f"{got}, planned {job.weights_hash}); give every node the same weights")
+            raise VitvizError(
+                f"the model {job.model.name!r} loads different weights on this worker (hash "
+                f"{got}, planned {job.weights_hash}); give every node the same weights"
+            )
         self.tasks_run = 0
 
     def run(self, task: Task) -> Payload:

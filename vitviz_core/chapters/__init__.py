@@ -12,7 +12,14 @@ from __future__ import annotations
 from vitviz_core.chapters.result import ChapterResult
 
 #: The chapter modules, in book order (``vitviz_core.chapters.<name>.run``).
-CHAPTERS: tuple[str, ...] = ("feature_visualization", "token_mixing", "vit_vs_cnn",
-                             "language_supervision", "model_families", "neurons", "atlas")
+CHAPTERS: tuple[str, ...] = (
+    "feature_visualization",
+    "token_mixing",
+    "vit_vs_cnn",
+    "language_supervision",
+    "model_families",
+    "neurons",
+    "atlas",
+)
 
 __all__ = ["CHAPTERS", "ChapterResult"]

@@ -18,14 +18,27 @@ from vitviz_core.profiles import Profile
 __all__ = ["run", "KNOBS"]
 
 #: The chapter's parameter names -> the Profile fields they override (None = the profile's).
-KNOBS: dict[str, str] = {"hooks": "atlas_hooks", "features": "atlas_features", "steps": "atlas_steps",
-                         "n_images": "atlas_images"}
+KNOBS: dict[str, str] = {
+    "hooks": "atlas_hooks",
+    "features": "atlas_features",
+    "steps": "atlas_steps",
+    "n_images": "atlas_images",
+}
 
-_OPTIONS = {"data": "imagenet-val-1300", "recipe": "maco", "k": 6, "executor": "local", "seed": 0, "device": None,
-            "show": ("blocks.6.mlp.hook_post", 3)}
+_OPTIONS = {
+    "data": "imagenet-val-1300",
+    "recipe": "maco",
+    "k": 6,
+    "executor": "local",
+    "seed": 0,
+    "device": None,
+    "show": ("blocks.6.mlp.hook_post", 3),
+}
 
 
-def run(model: Any = "vit-ti16", profile: str | Profile = "cpu", *, out: str | Path, **overrides: Any) -> ChapterResult:
+def run(
+    model: Any = "vit-ti16", profile: str | Profile = "cpu", *, out: str | Path, **overrides: Any
+) -> ChapterResult:
     """Build the atlas of ``model`` into the folder ``out`` and compute the chapter's values.
 
     Args:
@@ -46,21 +59,36 @@ def run(model: Any = "vit-ti16", profile: str | Profile = "cpu", *, out: str | P
     P, opt = split_overrides("atlas", profile, overrides, KNOBS, _OPTIONS)
     device = device_for(P, opt["device"])
     spec = ModelSpec(model) if isinstance(model, str) else model
-    job = plan_job(spec, P.atlas_hooks, P.atlas_features,
-                   DataSpec(opt["data"], max_images=P.atlas_images), steps=P.atlas_steps or P.steps,
-                   n_augment=P.n_augment, seed=opt["seed"], k=opt["k"], recipe=opt["recipe"])
+    job = plan_job(
+        spec,
+        P.atlas_hooks,
+        P.atlas_features,
+        DataSpec(opt["data"], max_images=P.atlas_images),
+        steps=P.atlas_steps or P.steps,
+        n_augment=P.n_augment,
+        seed=opt["seed"],
+        k=opt["k"],
+        recipe=opt["recipe"],
+    )
     report = run_atlas(job, out, executor=opt["executor"], device=device, progress=False)
     recipe = job.recipe_dict()
-    setting = (f"{job.model_label}; {', '.join(job.hooks)}; {len(report.neurons)} neurons; recipe {job.recipe}, "
-               f"{recipe['steps']} steps x {recipe['n_augment']} augmentations; "
-               f"exemplars from {job.n_images} images of {opt['data']}; profile `{P.name}`")
+    setting = (
+        f"{job.model_label}; {', '.join(job.hooks)}; {len(report.neurons)} neurons; recipe {job.recipe}, "
+        f"{recipe['steps']} steps x {recipe['n_augment']} augmentations; "
+        f"exemplars from {job.n_images} images of {opt['data']}; profile `{P.name}`"
+    )
     res = ChapterResult(chapter="atlas", setting=setting, profile=P)
     shown = pick_neuron(report.neurons, *opt["show"])
-    res.values.update(atlas_setting=setting, atlas_neurons=len(report.neurons), atlas_tasks=len(report.tasks_run),
-                      atlas_seconds=f"{report.seconds:.0f}",
-                      atlas_per_neuron=f"{report.seconds / len(report.neurons):.1f}",
-                      atlas_shown=describe_neuron(shown))
-    res.figures.update(atlas_overview_fig=overview_figure(report.neurons, out),
-                       atlas_neuron_fig=neuron_figure(shown, out))
+    res.values.update(
+        atlas_setting=setting,
+        atlas_neurons=len(report.neurons),
+        atlas_tasks=len(report.tasks_run),
+        atlas_seconds=f"{report.seconds:.0f}",
+        atlas_per_neuron=f"{report.seconds / len(report.neurons):.1f}",
+        atlas_shown=describe_neuron(shown),
+    )
+    res.figures.update(
+        atlas_overview_fig=overview_figure(report.neurons, out), atlas_neuron_fig=neuron_figure(shown, out)
+    )
     res.data["report"] = report
     return res

@@ -12,8 +12,13 @@ from vitviz_core.errors import VitvizError
 from vitviz_core.profiles import Profile, get_profile
 
 
-def split_overrides(chapter: str, profile: str | Profile, overrides: Mapping[str, Any],
-                    knobs: Mapping[str, str], options: Mapping[str, Any]) -> tuple[Profile, dict]:
+def split_overrides(
+    chapter: str,
+    profile: str | Profile,
+    overrides: Mapping[str, Any],
+    knobs: Mapping[str, str],
+    options: Mapping[str, Any],
+) -> tuple[Profile, dict]:
     """``overrides`` -> (the profile with its fields replaced, the run options).
 
     ``knobs`` maps the chapter's parameter names to the :class:`Profile` fields they override;
@@ -33,8 +38,10 @@ def split_overrides(chapter: str, profile: str | Profile, overrides: Mapping[str
         elif k in options:
             opt[k] = v
         else:
-            raise VitvizError(f"unknown setting {k!r} for the {chapter} chapter; valid: "
-                              f"{sorted(set(knobs) | pfields | set(options))}")
+            raise VitvizError(
+                f"unknown setting {k!r} for the {chapter} chapter; valid: "
+                f"{sorted(set(knobs) | pfields | set(options))}"
+            )
     if isinstance(profile, str):
         P = get_profile(profile, **to_profile)
     else:
@@ -42,7 +49,9 @@ def split_overrides(chapter: str, profile: str | Profile, overrides: Mapping[str
     return P, opt
 
 
-def resolve_models(chapter: str, models: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_models(
+    chapter: str, models: Mapping[str, Any] | None, defaults: Mapping[str, Any]
+) -> dict[str, Any]:
     """Model roles -> specs: ``defaults`` updated by ``models``; unknown roles are an error."""
     given = dict(models or {})
     bad = sorted(set(given) - set(defaults))

@@ -33,14 +33,27 @@ SECTIONS: tuple[str, ...] = ("ablation", "recipes", "compare", "hooks", "depth",
 DEFAULT_MODELS: dict[str, Any] = {"vit": "vit-ti16", "second": "dinov2-s14"}
 
 #: The chapter's parameter names -> the Profile fields they override (None = the profile's).
-KNOBS: dict[str, str] = {"recipe": "vis_recipe", "steps": "steps", "n_augment": "n_augment",
-                         "n_features": "n_features"}
+KNOBS: dict[str, str] = {
+    "recipe": "vis_recipe",
+    "steps": "steps",
+    "n_augment": "n_augment",
+    "n_features": "n_features",
+}
 
-_OPTIONS = {"layer": 6, "features": None, "seed": 0, "device": None, "sections": SECTIONS,
-            "compare_recipes": ("paper", "fourier", "maco"), "n_depths": 4}
+_OPTIONS = {
+    "layer": 6,
+    "features": None,
+    "seed": 0,
+    "device": None,
+    "sections": SECTIONS,
+    "compare_recipes": ("paper", "fourier", "maco"),
+    "n_depths": 4,
+}
 
 
-def run(models: Mapping[str, Any] | None = None, profile: str | Profile = "cpu", **overrides: Any) -> ChapterResult:
+def run(
+    models: Mapping[str, Any] | None = None, profile: str | Profile = "cpu", **overrides: Any
+) -> ChapterResult:
     """Compute every number, table and figure of the feature-visualization chapter.
 
     Args:
@@ -74,11 +87,25 @@ def run(models: Mapping[str, Any] | None = None, profile: str | Profile = "cpu",
         res = ChapterResult(chapter="feature_visualization", setting=setting, profile=P)
         paper = get_recipe("paper")
         passes = P.steps * P.n_augment
-        res.values.update(fv_setting=setting, fv_steps=P.steps, fv_augment=P.n_augment, fv_layer=opt["layer"],
-                          fv_vis_recipe=P.vis_recipe, fv_paper_passes=paper.steps * paper.n_augment,
-                          fv_profile_passes=passes, fv_pass_ratio=f"{paper.steps * paper.n_augment / passes:.0f}")
-        ctx = dict(P=P, opt=opt, vit=vit, features=features, hook=f"blocks.{opt['layer']}.mlp.hook_post",
-                   run=dict(steps=P.steps, n_augment=P.n_augment, seed=opt["seed"]), device=device)
+        res.values.update(
+            fv_setting=setting,
+            fv_steps=P.steps,
+            fv_augment=P.n_augment,
+            fv_layer=opt["layer"],
+            fv_vis_recipe=P.vis_recipe,
+            fv_paper_passes=paper.steps * paper.n_augment,
+            fv_profile_passes=passes,
+            fv_pass_ratio=f"{paper.steps * paper.n_augment / passes:.0f}",
+        )
+        ctx = dict(
+            P=P,
+            opt=opt,
+            vit=vit,
+            features=features,
+            hook=f"blocks.{opt['layer']}.mlp.hook_post",
+            run=dict(steps=P.steps, n_augment=P.n_augment, seed=opt["seed"]),
+            device=device,
+        )
         if "ablation" in sections:
             _ablation(res, ctx)
         if "recipes" in sections:
@@ -98,9 +125,15 @@ def run(models: Mapping[str, Any] | None = None, profile: str | Profile = "cpu",
 
                 second = ctx["second"]
                 res.widgets["fv_explorer"] = FeatureExplorer(
-                    {vit.name: vit, second.name: second}, pool="imagenet-sample-1000", pool_images=P.pool_images,
-                    steps=P.steps, n_augment=P.n_augment, default=(vit.name, ctx["layers"][1], features[0]),
-                    seed=opt["seed"], recipe=P.vis_recipe)
+                    {vit.name: vit, second.name: second},
+                    pool="imagenet-sample-1000",
+                    pool_images=P.pool_images,
+                    steps=P.steps,
+                    n_augment=P.n_augment,
+                    default=(vit.name, ctx["layers"][1], features[0]),
+                    seed=opt["seed"],
+                    recipe=P.vis_recipe,
+                )
     return res
 
 
@@ -120,10 +153,12 @@ def _ablation(res: ChapterResult, ctx: dict) -> None:
     table = pd.DataFrame(ablation.table)
     res.figures["fv_ablation_fig"] = _grid(ablation)
     res.tables["fv_ablation_table"] = table
-    res.values.update(fv_plain_act=f"{table['mean clean activation'].iloc[0]:.2f}",
-                      fv_paper_act=f"{table['mean clean activation'].iloc[-1]:.2f}",
-                      fv_plain_hf=f"{spectral_naturalness(ablation.images[:n]).mean():.1f}",
-                      fv_paper_hf=f"{spectral_naturalness(ablation.images[-n:]).mean():.1f}")
+    res.values.update(
+        fv_plain_act=f"{table['mean clean activation'].iloc[0]:.2f}",
+        fv_paper_act=f"{table['mean clean activation'].iloc[-1]:.2f}",
+        fv_plain_hf=f"{spectral_naturalness(ablation.images[:n]).mean():.1f}",
+        fv_paper_hf=f"{spectral_naturalness(ablation.images[-n:]).mean():.1f}",
+    )
     res.data["ablation"] = ablation
 
 
@@ -133,12 +168,15 @@ def _recipes(res: ChapterResult, ctx: dict) -> None:
     from vitviz_core.studies import recipe_ablation
 
     n = len(ctx["features"])
-    both = recipe_ablation(ctx["vit"], ctx["hook"], ctx["features"], variants={}, recipes=("paper", "released"),
-                           **ctx["run"])
+    both = recipe_ablation(
+        ctx["vit"], ctx["hook"], ctx["features"], variants={}, recipes=("paper", "released"), **ctx["run"]
+    )
     res.figures["fv_recipes_fig"] = _grid(both)
     res.tables["fv_recipes_table"] = pd.DataFrame(both.table)
-    res.values.update(fv_hf_paper=f"{spectral_naturalness(both.images[:n]).mean():.1f}",
-                      fv_hf_released=f"{spectral_naturalness(both.images[n:]).mean():.1f}")
+    res.values.update(
+        fv_hf_paper=f"{spectral_naturalness(both.images[:n]).mean():.1f}",
+        fv_hf_released=f"{spectral_naturalness(both.images[n:]).mean():.1f}",
+    )
     res.data["recipes"] = both
 
 
@@ -147,8 +185,14 @@ def _compare(res: ChapterResult, ctx: dict) -> None:
     from vitviz_core.studies import recipe_comparison
 
     P, vis = ctx["P"], ctx["P"].vis_recipe
-    cmp = recipe_comparison(ctx["vit"], ctx["hook"], ctx["features"], recipes=tuple(ctx["opt"]["compare_recipes"]),
-                            pool_images=P.pool_images, **ctx["run"])
+    cmp = recipe_comparison(
+        ctx["vit"],
+        ctx["hook"],
+        ctx["features"],
+        recipes=tuple(ctx["opt"]["compare_recipes"]),
+        pool_images=P.pool_images,
+        **ctx["run"],
+    )
     table = pd.DataFrame(cmp.table).set_index("recipe")
     res.figures["fv_cmp_fig"] = _grid(cmp)
     res.tables["fv_cmp_table"] = table.reset_index()
@@ -156,7 +200,8 @@ def _compare(res: ChapterResult, ctx: dict) -> None:
         fv_cmp_paper_ratio=f"{table.loc['paper', 'activation / exemplars']:.2f}",
         fv_cmp_paper_hf=f"{table.loc['paper', 'HF energy / natural']:.1f}",
         fv_cmp_vis_ratio=f"{table['activation / exemplars'].get(vis, float('nan')):.2f}",
-        fv_cmp_vis_hf=f"{table['HF energy / natural'].get(vis, float('nan')):.1f}")
+        fv_cmp_vis_hf=f"{table['HF energy / natural'].get(vis, float('nan')):.1f}",
+    )
     res.data["compare"] = cmp
 
 
@@ -165,7 +210,9 @@ def _hooks(res: ChapterResult, ctx: dict) -> None:
     from vitviz_core.studies import hook_sweep
 
     kinds = ["attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_post"]
-    qkv = hook_sweep(ctx["vit"], [f"blocks.{ctx['opt']['layer']}.{k}" for k in kinds], ctx["features"], **ctx["run"])
+    qkv = hook_sweep(
+        ctx["vit"], [f"blocks.{ctx['opt']['layer']}.{k}" for k in kinds], ctx["features"], **ctx["run"]
+    )
     res.figures["fv_qkv_fig"] = _grid(qkv)
     res.tables["fv_qkv_table"] = pd.DataFrame(qkv.table)
     res.data["hooks"] = qkv
@@ -177,8 +224,15 @@ def _depth(res: ChapterResult, ctx: dict) -> None:
 
     P, vit = ctx["P"], ctx["vit"]
     layers = depth_layers(len(vit.model.blocks), ctx["opt"]["n_depths"])
-    prog = hook_sweep(vit, [f"blocks.{i}.mlp.hook_post" for i in layers], ctx["features"], recipe=P.vis_recipe,
-                      scores=True, pool_images=P.pool_images, **ctx["run"])
+    prog = hook_sweep(
+        vit,
+        [f"blocks.{i}.mlp.hook_post" for i in layers],
+        ctx["features"],
+        recipe=P.vis_recipe,
+        scores=True,
+        pool_images=P.pool_images,
+        **ctx["run"],
+    )
     res.values["fv_layers"] = ", ".join(map(str, layers))
     res.figures["fv_depth_fig"] = _grid(prog)
     res.tables["fv_depth_table"] = pd.DataFrame(prog.table)
@@ -193,8 +247,15 @@ def _second(res: ChapterResult, ctx: dict) -> None:
     P, second = ctx["P"], ctx["second"]
     depth = len(second.model.blocks)
     layers = depth_layers(depth, P.fv_second_depths) if P.fv_second_depths > 1 else [depth - 2]
-    prog = hook_sweep(second, [f"blocks.{i}.mlp.hook_post" for i in layers], ctx["features"], recipe=P.vis_recipe,
-                      scores=True, pool_images=P.pool_images, **ctx["run"])
+    prog = hook_sweep(
+        second,
+        [f"blocks.{i}.mlp.hook_post" for i in layers],
+        ctx["features"],
+        recipe=P.vis_recipe,
+        scores=True,
+        pool_images=P.pool_images,
+        **ctx["run"],
+    )
     res.values.update(fv_dino_layers=", ".join(map(str, layers)), fv_dino_source=second.weights_label)
     res.figures["fv_dino_fig"] = _grid(prog)
     res.data["second"] = prog
@@ -206,7 +267,15 @@ def _exemplars(res: ChapterResult, ctx: dict) -> None:
 
     P, n, prog = ctx["P"], len(ctx["features"]), ctx["prog"]
     late = f"blocks.{ctx['layers'][-1]}.mlp.hook_post"
-    rows = exemplar_rows(ctx["vit"], late, ctx["features"], prog.images[-n:], k=4, captions=prog.labels[-n:],
-                         pool="imagenet-sample-1000", pool_images=P.pool_images)
+    rows = exemplar_rows(
+        ctx["vit"],
+        late,
+        ctx["features"],
+        prog.images[-n:],
+        k=4,
+        captions=prog.labels[-n:],
+        pool="imagenet-sample-1000",
+        pool_images=P.pool_images,
+    )
     res.values["fv_pool"] = f"{P.pool_images or 'all'} images of imagenet-sample-1000"
     res.figures["fv_exemplar_fig"] = feature_panel(rows)

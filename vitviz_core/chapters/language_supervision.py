@@ -23,8 +23,14 @@ __all__ = ["run", "DEFAULT_MODELS"]
 #: ``contrast`` (a supervised ImageNet ViT), ``ssl`` (a self-supervised ViT).
 DEFAULT_MODELS: dict[str, Any] = {"clip": "clip-b16", "contrast": "vit-ti16", "ssl": "dinov2-s14"}
 
-_OPTIONS = {"n_layers_back": 1, "span_k": 5, "seed": 0, "device": None, "pool_name": "imagenet-val-1300",
-            "explore": True}
+_OPTIONS = {
+    "n_layers_back": 1,
+    "span_k": 5,
+    "seed": 0,
+    "device": None,
+    "pool_name": "imagenet-val-1300",
+    "explore": True,
+}
 
 
 def _ci(e: Any) -> str:
@@ -41,7 +47,9 @@ def span_verdict(sup: str, ssl: str, e_sup: Any, e_ssl: Any) -> str:
     return "the two models' intervals overlap: no difference in class concentration is resolved"
 
 
-def run(models: Mapping[str, Any] | None = None, profile: str | Profile = "cpu", **overrides: Any) -> ChapterResult:
+def run(
+    models: Mapping[str, Any] | None = None, profile: str | Profile = "cpu", **overrides: Any
+) -> ChapterResult:
     """Compute every number and figure of the language-supervision chapter.
 
     Args:
@@ -69,7 +77,7 @@ def run(models: Mapping[str, Any] | None = None, profile: str | Profile = "cpu",
     try:
         clip = None if roles["clip"] is None else load(roles["clip"], device)
         clip_status = "not requested" if clip is None else f"{clip.name}: {clip.weights_label}"
-    except VitvizError as exc:        # weights unavailable offline: say so, never fall back to random
+    except VitvizError as exc:  # weights unavailable offline: say so, never fall back to random
         clip, clip_status = None, f"not available here ({public_message(exc).split(' (')[0]})"
     model = clip if clip is not None else load(roles["contrast"], device)
     who = "CLIP" if clip is not None else "the supervised ViT (contrast; not CLIP)"
@@ -84,30 +92,58 @@ def run(models: Mapping[str, Any] | None = None, profile: str | Profile = "cpu",
     ssl_layer = len(ssl.model.blocks) - 1 - back
     sup_pool = eval_subset(pool_name, P.eval_images, sup.eval_transform())
     ssl_pool = eval_subset(pool_name, P.eval_images, ssl.eval_transform())
-    span_sup = cs.class_span_run(sup, f"blocks.{sup_layer}.mlp.hook_post", sup_pool, k=span_k,
-                                 batch_size=P.batch_size, n_boot=P.bootstrap)
-    span_ssl = cs.class_span_run(ssl, f"blocks.{ssl_layer}.mlp.hook_post", ssl_pool, k=span_k,
-                                 batch_size=P.batch_size, n_boot=P.bootstrap)
+    span_sup = cs.class_span_run(
+        sup,
+        f"blocks.{sup_layer}.mlp.hook_post",
+        sup_pool,
+        k=span_k,
+        batch_size=P.batch_size,
+        n_boot=P.bootstrap,
+    )
+    span_ssl = cs.class_span_run(
+        ssl,
+        f"blocks.{ssl_layer}.mlp.hook_post",
+        ssl_pool,
+        k=span_k,
+        batch_size=P.batch_size,
+        n_boot=P.bootstrap,
+    )
     res.figures["ls_span_fig"] = cs.class_span_figure([span_sup, span_ssl])
     e_sup, e_ssl = span_sup.summary["same_pair"], span_ssl.summary["same_pair"]
     v.update(
-        ls_span_setting=(f"{sup.name} ({short_source(sup)}) and {ssl.name} ({short_source(ssl)}); "
-                         f"profile `{P.name}`; {P.bootstrap} bootstrap resamples over features"),
-        ls_sup=sup.name, ls_ssl=ssl.name, ls_k=span_k,
+        ls_span_setting=(
+            f"{sup.name} ({short_source(sup)}) and {ssl.name} ({short_source(ssl)}); "
+            f"profile `{P.name}`; {P.bootstrap} bootstrap resamples over features"
+        ),
+        ls_sup=sup.name,
+        ls_ssl=ssl.name,
+        ls_k=span_k,
         ls_pool_n=f"{len(sup_pool)} images of {pool_name} ({len(set(sup_pool.targets))} classes)",
-        ls_sup_hook=span_sup.hook, ls_ssl_hook=span_ssl.hook,
-        ls_sup_nf=len(span_sup.distinct), ls_ssl_nf=len(span_ssl.distinct),
+        ls_sup_hook=span_sup.hook,
+        ls_ssl_hook=span_ssl.hook,
+        ls_sup_nf=len(span_sup.distinct),
+        ls_ssl_nf=len(span_ssl.distinct),
         ls_chance=f"{100 * span_sup.chance:.2f}",
-        ls_sup_distinct=_ci(span_sup.summary["distinct"]), ls_ssl_distinct=_ci(span_ssl.summary["distinct"]),
-        ls_sup_pair=e_sup.percent(1), ls_ssl_pair=e_ssl.percent(1),
-        ls_sup_ratio=f"{span_sup.ratio_to_chance.value:.0f}", ls_ssl_ratio=f"{span_ssl.ratio_to_chance.value:.0f}",
-        ls_span_verdict=span_verdict(sup.name, ssl.name, e_sup, e_ssl))
+        ls_sup_distinct=_ci(span_sup.summary["distinct"]),
+        ls_ssl_distinct=_ci(span_ssl.summary["distinct"]),
+        ls_sup_pair=e_sup.percent(1),
+        ls_ssl_pair=e_ssl.percent(1),
+        ls_sup_ratio=f"{span_sup.ratio_to_chance.value:.0f}",
+        ls_ssl_ratio=f"{span_ssl.ratio_to_chance.value:.0f}",
+        ls_span_verdict=span_verdict(sup.name, ssl.name, e_sup, e_ssl),
+    )
     res.data.update(span_sup=span_sup, span_ssl=span_ssl)
     if opt["explore"]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opt["seed"])
             res.widgets["ls_explorer"] = FeatureExplorer(
-                {model.name: model}, pool="imagenet-sample-1000", pool_images=P.pool_images, steps=P.steps,
-                n_augment=P.n_augment, seed=opt["seed"], recipe=P.vis_recipe,
-                default=(model.name, sup_layer if clip is None else len(model.model.blocks) - 2, 0))
+                {model.name: model},
+                pool="imagenet-sample-1000",
+                pool_images=P.pool_images,
+                steps=P.steps,
+                n_augment=P.n_augment,
+                seed=opt["seed"],
+                recipe=P.vis_recipe,
+                default=(model.name, sup_layer if clip is None else len(model.model.blocks) - 2, 0),
+            )
     return res

@@ -51,9 +51,19 @@ def hook_table(families: Mapping[str, str]) -> tuple[pd.DataFrame, dict[str, int
         specs = list_hooks(net)
         counts[family] = len(specs)
         first = [s for s in specs if s.name.startswith(("blocks.0.", "stages.0.blocks.0.", "stages.0."))][:12]
-        rows += [{"family": family, "timm model": arch, "hook": s.name, "module": s.module_path,
-                  "layout": s.layout, "channels": s.channels, "prefix": s.num_prefix_tokens,
-                  "grid": "x".join(map(str, s.grid)) if s.grid else "-"} for s in first or specs[:8]]
+        rows += [
+            {
+                "family": family,
+                "timm model": arch,
+                "hook": s.name,
+                "module": s.module_path,
+                "layout": s.layout,
+                "channels": s.channels,
+                "prefix": s.num_prefix_tokens,
+                "grid": "x".join(map(str, s.grid)) if s.grid else "-",
+            }
+            for s in first or specs[:8]
+        ]
         del net
     return pd.DataFrame(rows), counts
 
@@ -63,8 +73,11 @@ def pick_spec(module: Any, layer_fraction: float) -> Any:
     ``layer_fraction`` of the depth."""
     from vitviz_core.hooks import list_hooks
 
-    specs = [s for s in list_hooks(module) if s.name.endswith(("mlp.hook_post", "hook_post"))
-             or (s.layout == "NCHW" and s.name.count(".") == 3)]
+    specs = [
+        s
+        for s in list_hooks(module)
+        if s.name.endswith(("mlp.hook_post", "hook_post")) or (s.layout == "NCHW" and s.name.count(".") == 3)
+    ]
     if not specs:
         specs = [s for s in list_hooks(module) if s.layout == "NCHW"]
     return specs[int(layer_fraction * (len(specs) - 1))]
@@ -102,13 +115,23 @@ def run(models: Any = None, profile: str | Profile = "cpu", **overrides: Any) ->
     for spec in models:
         loaded = load_model(spec, device=device) if isinstance(spec, str) else spec
         hook = pick_spec(loaded.model, opt["layer_fraction"])
-        out = optimize_features(loaded, hook.name, list(range(P.n_features)), steps=P.steps,
-                                n_augment=P.n_augment, seed=opt["seed"], recipe=P.vis_recipe, progress=False)
+        out = optimize_features(
+            loaded,
+            hook.name,
+            list(range(P.n_features)),
+            steps=P.steps,
+            n_augment=P.n_augment,
+            seed=opt["seed"],
+            recipe=P.vis_recipe,
+            progress=False,
+        )
         images.append(out.images)  # (n_features, 3, H, W)
         labels += [f"{loaded.name} {hook.name} #{f}" for f in out.features]
         shown.append(f"{loaded.name} ({hook.name})")
-    v.update(mf_shown="; ".join(shown),
-             mf_recipe=f"the {P.vis_recipe} recipe at {P.steps} steps x {P.n_augment} copies (profile {P.name})")
+    v.update(
+        mf_shown="; ".join(shown),
+        mf_recipe=f"the {P.vis_recipe} recipe at {P.steps} steps x {P.n_augment} copies (profile {P.name})",
+    )
     if images:
         res.figures["mf_fig"] = feature_grid(torch.cat(images), labels, ncols=P.n_features, fontsize=6)
     return res

@@ -19,12 +19,14 @@ class ChapterResult:
 
     chapter: str
     setting: str
-    profile: Any                                   # vitviz_core.profiles.Profile
+    profile: Any  # vitviz_core.profiles.Profile
     values: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     widgets: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)   # the underlying study results, for benchmarks and tests
+    data: dict[str, Any] = field(
+        default_factory=dict
+    )  # the underlying study results, for benchmarks and tests
 
     def glue(self) -> None:
         """Publish every value, table and figure to the book with ``myst_nb.glue`` (asked for
@@ -65,4 +67,3 @@ class ChapterResult:
         for name, table in self.tables.items():
             out[name] = table.reset_index().to_dict(orient="records") if hasattr(table, "to_dict") else table
         return out
-

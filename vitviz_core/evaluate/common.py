@@ -28,8 +28,15 @@ from vitviz_core.errors import DataError, VitvizError
 from vitviz_core.models import as_loaded
 
 __all__ = [
-    "model_device", "pixel_dataset", "model_dataset", "make_loader",
-    "SkippingLoader", "unpack_batch", "Correctness", "SweepResult", "evaluate_variants",
+    "model_device",
+    "pixel_dataset",
+    "model_dataset",
+    "make_loader",
+    "SkippingLoader",
+    "unpack_batch",
+    "Correctness",
+    "SweepResult",
+    "evaluate_variants",
     "evaluate_variants_many",
 ]
 
@@ -41,22 +48,28 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def _dataset_from_name(name: str, root: str | Path | None, transform: Callable,
-                       max_images: int | None) -> Dataset:
+def _dataset_from_name(
+    name: str, root: str | Path | None, transform: Callable, max_images: int | None
+) -> Dataset:
     from vitviz_core import data as vdata
 
     folder = vdata.find_dataset(name, root)
     return vdata.ImageFolderDataset(folder, transform=transform, max_images=max_images)
 
 
-def pixel_dataset(model: Any, name: str = "imagenet-val-1300", root: str | Path | None = None,
-                  max_images: int | None = None) -> Dataset:
+def pixel_dataset(
+    model: Any, name: str = "imagenet-val-1300", root: str | Path | None = None, max_images: int | None = None
+) -> Dataset:
     """ImageFolder dataset in the model's *pixel* view (resize + crop, values in [0, 1])."""
     return _dataset_from_name(name, root, as_loaded(model).pixel_transform(), max_images)
 
 
-def model_dataset(model: Any, name: str = "imagenet-sample-1000", root: str | Path | None = None,
-                  max_images: int | None = None) -> Dataset:
+def model_dataset(
+    model: Any,
+    name: str = "imagenet-sample-1000",
+    root: str | Path | None = None,
+    max_images: int | None = None,
+) -> Dataset:
     """ImageFolder dataset in the model's input view (resize + crop + normalise)."""
     return _dataset_from_name(name, root, as_loaded(model).eval_transform(), max_images)
 
@@ -108,15 +121,24 @@ class SkippingLoader:
             raise DataError(f"no readable image in {desc} ({len(self.skipped)} files, all unreadable)")
 
 
-def make_loader(dataset: Dataset, batch_size: int = 32, num_workers: int = 0,
-                pin_memory: bool = False) -> SkippingLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False
+) -> SkippingLoader:
     """A sequential loader over ``dataset`` that drops and counts unreadable samples;
     ``num_workers`` processes decode ahead of the model, ``pin_memory`` (for CUDA) makes the
     host -> device copies asynchronous."""
     from vitviz_core.data import collate_skipping
 
-    return SkippingLoader(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                     pin_memory=pin_memory, collate_fn=collate_skipping))
+    return SkippingLoader(
+        DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            collate_fn=collate_skipping,
+        )
+    )
 
 
 def unpack_batch(batch: Any, offset: int) -> tuple[Tensor, Tensor, Tensor, tuple]:
@@ -128,12 +150,18 @@ def unpack_batch(batch: Any, offset: int) -> tuple[Tensor, Tensor, Tensor, tuple
     """
     if isinstance(batch, Tensor):
         x = batch
-        return (x, torch.full((x.shape[0],), -1, dtype=torch.long),
-                torch.arange(offset, offset + x.shape[0]), ())
+        return (
+            x,
+            torch.full((x.shape[0],), -1, dtype=torch.long),
+            torch.arange(offset, offset + x.shape[0]),
+            (),
+        )
     items = list(batch)
     if not items:
-        raise DataError("an empty batch (every sample unreadable) reached unpack_batch; "
-                        "iterate make_loader(...), which drops such batches")
+        raise DataError(
+            "an empty batch (every sample unreadable) reached unpack_batch; "
+            "iterate make_loader(...), which drops such batches"
+        )
     x = items[0]
     y = items[1] if len(items) > 1 else torch.full((x.shape[0],), -1, dtype=torch.long)
     idx = items[2] if len(items) > 2 else torch.arange(offset, offset + x.shape[0])
@@ -147,12 +175,12 @@ class Correctness:
     Accuracies and confidence intervals are views of it (:meth:`accuracy`, :meth:`estimate`,
     :meth:`relative`)."""
 
-    labels: np.ndarray                                   # (N,) int (-1 = unlabelled)
-    indices: np.ndarray                                  # (N,) dataset indices
+    labels: np.ndarray  # (N,) int (-1 = unlabelled)
+    indices: np.ndarray  # (N,) dataset indices
     correct: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # variant -> k -> (N,) bool
     skipped: dict[int, str] = field(default_factory=dict)  # unreadable samples left out: index -> file
     predicted: dict[str, np.ndarray] = field(default_factory=dict)  # variant -> (N,) top-1 class
-    seconds: float = 0.0                                 # forward-pass seconds of this model
+    seconds: float = 0.0  # forward-pass seconds of this model
 
     @property
     def n_skipped(self) -> int:
@@ -172,8 +200,7 @@ class Correctness:
 
         return accuracy_with_ci(self.correct[variant][k], n_boot=n_boot, seed=seed)
 
-    def relative(self, variant: str, reference: str, k: int = 1, n_boot: int = 2000,
-                 seed: int = 0) -> Any:
+    def relative(self, variant: str, reference: str, k: int = 1, n_boot: int = 2000, seed: int = 0) -> Any:
         """Top-k of ``variant`` over top-k of ``reference`` (paired bootstrap over images)."""
         from vitviz_core.evaluate.stats import ratio_with_ci
 
@@ -289,12 +316,16 @@ def evaluate_variants_many(
     lab, ind = torch.cat(labels).numpy(), torch.cat(indices).numpy()
     skipped = dict(getattr(loader, "skipped", {}) or {})
     by_model = {
-        m: Correctness(labels=lab, indices=ind,
-                       correct={v: {k: torch.cat(c).numpy() for k, c in d.items()} for v, d in hits[m].items()},
-                       skipped=dict(skipped),
-                       predicted={v: torch.cat(p).numpy() for v, p in preds[m].items()},
-                       seconds=seconds[m])
-        for m in models}
+        m: Correctness(
+            labels=lab,
+            indices=ind,
+            correct={v: {k: torch.cat(c).numpy() for k, c in d.items()} for v, d in hits[m].items()},
+            skipped=dict(skipped),
+            predicted={v: torch.cat(p).numpy() for v, p in preds[m].items()},
+            seconds=seconds[m],
+        )
+        for m in models
+    }
     return SweepResult(by_model=by_model, variants=names, seconds=seconds)
 
 
@@ -317,7 +348,14 @@ def evaluate_variants(
         variants: ``f(x01, labels, indices, *rest) -> {name: (B, 3, H, W)}`` in pixel space.
         classify: optional replacement for the forward pass (input -> logits).
     """
-    res = evaluate_variants_many({"model": model}, loader, variants, ks=ks, device=device,
-                                 progress=progress, desc=desc,
-                                 classify={"model": classify} if classify is not None else None)
+    res = evaluate_variants_many(
+        {"model": model},
+        loader,
+        variants,
+        ks=ks,
+        device=device,
+        progress=progress,
+        desc=desc,
+        classify={"model": classify} if classify is not None else None,
+    )
     return res.by_model["model"]

@@ -33,11 +33,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vitviz_core.errors import DataError, HookError, VitvizError
-from vitviz_core.evaluate.records import (ResultRecord, dataset_fingerprint,
-                                          model_info, weights_fingerprint)
+from vitviz_core.evaluate.records import ResultRecord, dataset_fingerprint, model_info, weights_fingerprint
 
-__all__ = ["FeatureTopK", "ExemplarResult", "TopKState", "update_states", "score_maps", "find_exemplars",
-           "exemplar_cache_key", "activation_maps", "rank_keys", "default_num_workers", "STATISTICS"]
+__all__ = [
+    "FeatureTopK",
+    "ExemplarResult",
+    "TopKState",
+    "update_states",
+    "score_maps",
+    "find_exemplars",
+    "exemplar_cache_key",
+    "activation_maps",
+    "rank_keys",
+    "default_num_workers",
+    "STATISTICS",
+]
 
 STATISTICS = ("mean", "max")
 _CACHE_VERSION = 2  # 2: .npz + JSON (vitviz_core.cache) instead of torch.save
@@ -69,9 +79,9 @@ def rank_keys(values: Tensor, ids: Tensor) -> Tensor:
 class FeatureTopK:
     """Top-k images of every channel of one hook under one statistic."""
 
-    values: Tensor          # (k, C) float32, descending per channel
-    indices: Tensor         # (k, C) int64 dataset indices
-    maps: Tensor | None     # (k, C, H, W) patch maps of those images (float16), or None
+    values: Tensor  # (k, C) float32, descending per channel
+    indices: Tensor  # (k, C) int64 dataset indices
+    maps: Tensor | None  # (k, C, H, W) patch maps of those images (float16), or None
 
     def to_dict(self) -> dict[str, Any]:
         return {"values": self.values, "indices": self.indices, "maps": self.maps}
@@ -86,9 +96,15 @@ class TopKState:
     while streaming (no conversion per batch) and returned as ``map_dtype``.
     """
 
-    def __init__(self, k: int, channels: int, grid: tuple[int, int] | None,
-                 device: torch.device | str = "cpu", map_dtype: torch.dtype = torch.float16,
-                 sync_free: bool | None = None):
+    def __init__(
+        self,
+        k: int,
+        channels: int,
+        grid: tuple[int, int] | None,
+        device: torch.device | str = "cpu",
+        map_dtype: torch.dtype = torch.float16,
+        sync_free: bool | None = None,
+    ):
         if k < 1:
             raise VitvizError(f"k must be >= 1, got {k}")
         # Sparse updates (only changed entries, found with nonzero) are cheapest on the CPU,
@@ -102,8 +118,11 @@ class TopKState:
         self.grid = grid
         self.map_dtype = map_dtype
         # (k * C, H * W): row slot * C + channel, written with index_copy_, never read unwritten
-        self.maps = (torch.empty((k * channels, grid[0] * grid[1]), dtype=torch.float32, device=device)
-                     if grid is not None else None)
+        self.maps = (
+            torch.empty((k * channels, grid[0] * grid[1]), dtype=torch.float32, device=device)
+            if grid is not None
+            else None
+        )
         self.seen = 0
 
     def select(self, scores: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -128,19 +147,24 @@ class TopKState:
         cols = active.nonzero().squeeze(1)  # (A,)
         if cols.numel() == 0:
             return None
-        cat = torch.cat([rank_keys(self.values[:, cols], self.indices[:, cols]),
-                         rank_keys(scores[:, cols], ids[:, None])], dim=0)  # (k + B, A)
-        top = cat.topk(k, dim=0).indices                             # (k, A)
+        cat = torch.cat(
+            [
+                rank_keys(self.values[:, cols], self.indices[:, cols]),
+                rank_keys(scores[:, cols], ids[:, None]),
+            ],
+            dim=0,
+        )  # (k + B, A)
+        top = cat.topk(k, dim=0).indices  # (k, A)
         sel = torch.zeros(cat.shape, dtype=torch.bool, device=cat.device)
         sel.scatter_(0, top, True)
-        evicted, chosen = ~sel[:k], sel[k:]                          # (k, A), (B, A)
+        evicted, chosen = ~sel[:k], sel[k:]  # (k, A), (B, A)
         # Pair the j-th evicted slot with the j-th chosen row of each channel (no sorting):
         # table[rank, channel] = slot.
         ev_slot, ev_col = evicted.nonzero(as_tuple=True)
         ev_rank = (evicted.cumsum(0) - 1)[ev_slot, ev_col]
         table = torch.empty((k, cols.numel()), dtype=torch.long, device=cat.device)
         table[ev_rank, ev_col] = ev_slot
-        row, col = chosen.nonzero(as_tuple=True)                     # (M,), (M,)
+        row, col = chosen.nonzero(as_tuple=True)  # (M,), (M,)
         rank = (chosen.cumsum(0) - 1)[row, col]
         slot = table[rank, col]
         ch = cols[col]
@@ -158,7 +182,9 @@ class TopKState:
         k = self.k
         ids = ids.to(self.indices.device)
         self.seen += b
-        keys = torch.cat([rank_keys(self.values, self.indices), rank_keys(scores, ids[:, None])])  # (k + B, C)
+        keys = torch.cat(
+            [rank_keys(self.values, self.indices), rank_keys(scores, ids[:, None])]
+        )  # (k + B, C)
         top = keys.topk(k, dim=0).indices  # (k, C)
         self.values = torch.cat([self.values, scores]).gather(0, top)
         self.indices = torch.cat([self.indices, ids[:, None].expand(b, c)]).gather(0, top)
@@ -179,11 +205,15 @@ class TopKState:
     def write_maps(self, slot: Tensor, ch: Tensor, picked: Tensor) -> None:
         """Store maps ``(M, H, W)`` or ``(M, H*W)`` at ``(slot, ch)``."""
         if self.maps is not None:
-            self.maps.index_copy_(0, slot * self.channels + ch,
-                                  picked.reshape(picked.shape[0], self.maps.shape[1]).to(self.maps.dtype))
+            self.maps.index_copy_(
+                0,
+                slot * self.channels + ch,
+                picked.reshape(picked.shape[0], self.maps.shape[1]).to(self.maps.dtype),
+            )
 
-    def update(self, scores: Tensor, ids: Tensor,
-               maps: Tensor | Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+    def update(
+        self, scores: Tensor, ids: Tensor, maps: Tensor | Callable[[Tensor, Tensor], Tensor] | None = None
+    ) -> None:
         """Merge a batch: ``scores (B, C)``, dataset ``ids (B,)`` and optionally its maps."""
         if self.sync_free:
             from_batch, row, old_slot = self.select_all(scores, ids)
@@ -204,16 +234,19 @@ class TopKState:
         if not isinstance(other, TopKState):
             raise VitvizError(f"can only merge a TopKState, got {type(other).__name__}")
         if (other.k, other.channels) != (self.k, self.channels):
-            raise VitvizError(f"cannot merge top-{other.k} of {other.channels} channels into "
-                              f"top-{self.k} of {self.channels} channels")
-        if (self.maps is None) != (other.maps is None) or \
-                (self.maps is not None and tuple(self.grid) != tuple(other.grid)):
+            raise VitvizError(
+                f"cannot merge top-{other.k} of {other.channels} channels into "
+                f"top-{self.k} of {self.channels} channels"
+            )
+        if (self.maps is None) != (other.maps is None) or (
+            self.maps is not None and tuple(self.grid) != tuple(other.grid)
+        ):
             raise VitvizError(f"cannot merge states with maps on grid {other.grid} and {self.grid}")
         dev = self.values.device
         k, c = self.k, self.channels
-        values = torch.cat([self.values, other.values.to(dev)])      # (2k, C)
-        indices = torch.cat([self.indices, other.indices.to(dev)])   # (2k, C)
-        top = rank_keys(values, indices).topk(k, dim=0).indices      # (k, C)
+        values = torch.cat([self.values, other.values.to(dev)])  # (2k, C)
+        indices = torch.cat([self.indices, other.indices.to(dev)])  # (2k, C)
+        top = rank_keys(values, indices).topk(k, dim=0).indices  # (k, C)
         self.values = values.gather(0, top)
         self.indices = indices.gather(0, top)
         if self.maps is not None:
@@ -224,8 +257,9 @@ class TopKState:
         return self
 
     @classmethod
-    def from_topk(cls, t: FeatureTopK, k: int | None = None,
-                  device: torch.device | str = "cpu") -> "TopKState":
+    def from_topk(
+        cls, t: FeatureTopK, k: int | None = None, device: torch.device | str = "cpu"
+    ) -> "TopKState":
         """A state holding a finished :class:`FeatureTopK` (e.g. one shard's
         ``ExemplarResult.topk[hook][stat]``), ready to :meth:`merge`."""
         n, c = t.values.shape
@@ -233,8 +267,7 @@ class TopKState:
         if n > k:
             raise VitvizError(f"this top-k holds {n} rows, more than k={k}")
         grid = tuple(t.maps.shape[2:]) if t.maps is not None else None
-        st = cls(k, c, grid, device=device,
-                 map_dtype=t.maps.dtype if t.maps is not None else torch.float16)
+        st = cls(k, c, grid, device=device, map_dtype=t.maps.dtype if t.maps is not None else torch.float16)
         st.values[:n] = t.values.to(device)
         st.indices[:n] = t.indices.to(device)
         if st.maps is not None:
@@ -254,12 +287,17 @@ class TopKState:
             ch = torch.arange(c, device=order.device)[None, :]  # (1, C)
             rows = (order * c + ch).reshape(-1)  # (n * C,)
             maps = self.maps.index_select(0, rows).reshape(n, c, *self.grid).to(self.map_dtype)
-        return FeatureTopK(values=values.cpu(), indices=indices.cpu(),
-                           maps=maps.cpu() if maps is not None else None)
+        return FeatureTopK(
+            values=values.cpu(), indices=indices.cpu(), maps=maps.cpu() if maps is not None else None
+        )
 
 
-def update_states(states: dict[str, TopKState], scores: dict[str, Tensor], ids: Tensor,
-                  pick: Callable[[Tensor, Tensor], Tensor] | None) -> None:
+def update_states(
+    states: dict[str, TopKState],
+    scores: dict[str, Tensor],
+    ids: Tensor,
+    pick: Callable[[Tensor, Tensor], Tensor] | None,
+) -> None:
     """Merge one batch into several statistics of one hook, picking each needed map once
     (patch-mean and patch-max often select the same image for a channel)."""
     if any(st.sync_free for st in states.values()):  # no unique / nonzero: no host syncs
@@ -291,7 +329,7 @@ class ExemplarResult:
     hooks: list[str]
     stats: list[str]
     k: int
-    topk: dict[str, dict[str, FeatureTopK]]        # hook -> stat -> FeatureTopK
+    topk: dict[str, dict[str, FeatureTopK]]  # hook -> stat -> FeatureTopK
     grids: dict[str, tuple[int, int] | None]
     files: list[str] = field(default_factory=list)  # dataset index -> file path ("" if unknown)
     labels: list[int] = field(default_factory=list)
@@ -334,33 +372,54 @@ class ExemplarResult:
         return self.topk[hook][stat]
 
     def _payload(self) -> dict[str, Any]:
-        return {"version": _CACHE_VERSION, "hooks": self.hooks, "stats": self.stats, "k": self.k,
-                "topk": {h: {s: t.to_dict() for s, t in d.items()} for h, d in self.topk.items()},
-                "grids": {h: list(g) if g else None for h, g in self.grids.items()},
-                "files": self.files, "labels": self.labels, "record": json.dumps(self.record)}
+        return {
+            "version": _CACHE_VERSION,
+            "hooks": self.hooks,
+            "stats": self.stats,
+            "k": self.k,
+            "topk": {h: {s: t.to_dict() for s, t in d.items()} for h, d in self.topk.items()},
+            "grids": {h: list(g) if g else None for h, g in self.grids.items()},
+            "files": self.files,
+            "labels": self.labels,
+            "record": json.dumps(self.record),
+        }
 
     @classmethod
     def _from_payload(cls, p: dict[str, Any], path: str) -> "ExemplarResult":
-        return cls(hooks=list(p["hooks"]), stats=list(p["stats"]), k=int(p["k"]),
-                   topk={h: {s: FeatureTopK(**t) for s, t in d.items()} for h, d in p["topk"].items()},
-                   grids={h: tuple(g) if g else None for h, g in p["grids"].items()},
-                   files=list(p["files"]), labels=list(p["labels"]), record=json.loads(p["record"]),
-                   cache_path=path, from_cache=True)
+        return cls(
+            hooks=list(p["hooks"]),
+            stats=list(p["stats"]),
+            k=int(p["k"]),
+            topk={h: {s: FeatureTopK(**t) for s, t in d.items()} for h, d in p["topk"].items()},
+            grids={h: tuple(g) if g else None for h, g in p["grids"].items()},
+            files=list(p["files"]),
+            labels=list(p["labels"]),
+            record=json.loads(p["record"]),
+            cache_path=path,
+            from_cache=True,
+        )
 
 
-def exemplar_cache_key(model: Any, dataset: Any, hooks: Sequence[str], k: int,
-                       stats: Sequence[str], keep_maps: bool) -> str:
+def exemplar_cache_key(
+    model: Any, dataset: Any, hooks: Sequence[str], k: int, stats: Sequence[str], keep_maps: bool
+) -> str:
     """Hex key of a search: model + weights hash + data fingerprint + hooks + k + stats.
 
     Raises ValueError when the dataset cannot be fingerprinted."""
     from vitviz_core.cache import code_version
     from vitviz_core.models import as_loaded
 
-    spec = {"v": _CACHE_VERSION, "code": code_version(("vitviz_core.evaluate.exemplars", "vitviz_core.hooks")),
-            "model": model_info(model),
-            "weights": weights_fingerprint(as_loaded(model).model),
-            "data": dataset_fingerprint(dataset), "hooks": list(hooks), "k": int(k),
-            "stats": list(stats), "maps": bool(keep_maps)}
+    spec = {
+        "v": _CACHE_VERSION,
+        "code": code_version(("vitviz_core.evaluate.exemplars", "vitviz_core.hooks")),
+        "model": model_info(model),
+        "weights": weights_fingerprint(as_loaded(model).model),
+        "data": dataset_fingerprint(dataset),
+        "hooks": list(hooks),
+        "k": int(k),
+        "stats": list(stats),
+        "maps": bool(keep_maps),
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -373,8 +432,9 @@ def _files_and_labels(dataset: Any) -> tuple[list[str], list[int]]:
     return files, labels
 
 
-def _scores_and_tokens(act: Tensor, spec: Any, stats: Sequence[str]
-                       ) -> tuple[dict[str, Tensor], Tensor, tuple[int, int]]:
+def _scores_and_tokens(
+    act: Tensor, spec: Any, stats: Sequence[str]
+) -> tuple[dict[str, Tensor], Tensor, tuple[int, int]]:
     """Scores ``{stat: (B, C)}``, the activation as ``(B, P, C)`` (P = H*W patch positions,
     a view where possible) to pick maps from, and the grid ``(H, W)``.
 
@@ -383,9 +443,13 @@ def _scores_and_tokens(act: Tensor, spec: Any, stats: Sequence[str]
     from vitviz_core.hooks import to_patch_maps
 
     g = spec.grid
-    if spec.layout == "NLC" and act.dim() == 3 and g is not None and \
-            act.shape[1] - spec.num_prefix_tokens == g[0] * g[1]:
-        tok = act[:, spec.num_prefix_tokens:]  # (B, N, C) view, in the forward's dtype
+    if (
+        spec.layout == "NLC"
+        and act.dim() == 3
+        and g is not None
+        and act.shape[1] - spec.num_prefix_tokens == g[0] * g[1]
+    ):
+        tok = act[:, spec.num_prefix_tokens :]  # (B, N, C) view, in the forward's dtype
         scores = {}
         for s in stats:
             if s == "mean" and tok.dtype == torch.float32:
@@ -398,8 +462,11 @@ def _scores_and_tokens(act: Tensor, spec: Any, stats: Sequence[str]
                 scores[s] = tok.amax(dim=1).float()  # (B, C), exact in any dtype
         return scores, tok, (int(g[0]), int(g[1]))
     maps = to_patch_maps(act, spec)  # (B, C, H, W)
-    return ({s: score_maps(maps, s) for s in stats}, maps.flatten(2).transpose(1, 2),
-            (int(maps.shape[2]), int(maps.shape[3])))
+    return (
+        {s: score_maps(maps, s) for s in stats},
+        maps.flatten(2).transpose(1, 2),
+        (int(maps.shape[2]), int(maps.shape[3])),
+    )
 
 
 def _picker(sources: list[Tensor], sync_free: bool) -> Callable[[Tensor, Tensor], Tensor]:
@@ -427,6 +494,7 @@ def _picker(sources: list[Tensor], sync_free: bool) -> Callable[[Tensor, Tensor]
                 off = int(ends[i]) - src.shape[2]
                 out[order[a:b]] = _gather_maps(src, rows_s[a:b], ch_s[a:b] - off)
         return out
+
     return pick
 
 
@@ -502,8 +570,7 @@ def find_exemplars(
     from tqdm.auto import tqdm
 
     from vitviz_core import config
-    from vitviz_core.evaluate.common import (make_loader, model_dataset, model_device,
-                                             unpack_batch)
+    from vitviz_core.evaluate.common import make_loader, model_dataset, model_device, unpack_batch
     from vitviz_core.hooks import capture, resolve_hook
     from vitviz_core.models import as_loaded
 
@@ -543,9 +610,19 @@ def find_exemplars(
     if num_workers is None:
         num_workers = default_num_workers() if len(dataset) > batch_size else 0
     use_amp = (dev.type == "cuda") if amp is None else bool(amp)
-    record = ResultRecord.start("find_exemplars", model, dataset, {
-        "hooks": hooks, "k": k, "stats": stats, "keep_maps": keep_maps, "batch_size": batch_size,
-        "amp": use_amp})
+    record = ResultRecord.start(
+        "find_exemplars",
+        model,
+        dataset,
+        {
+            "hooks": hooks,
+            "k": k,
+            "stats": stats,
+            "keep_maps": keep_maps,
+            "batch_size": batch_size,
+            "amp": use_amp,
+        },
+    )
     # Hooks with the same patch grid share one state per statistic over their concatenated
     # channels: a few large top-k merges per batch instead of hooks x statistics small ones.
     groups: dict[tuple[int, int], list[str]] = {}
@@ -553,28 +630,40 @@ def find_exemplars(
     states: dict[tuple[int, int], dict[str, TopKState]] = {}
     grids: dict[str, tuple[int, int] | None] = {}
     offset = 0
-    loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers,
-                         pin_memory=dev.type == "cuda")
+    loader = make_loader(
+        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda"
+    )
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp)
-    with torch.inference_mode(), autocast, capture(module, hooks, stop_early=True,
-                                                   copy=not _no_inplace_writes(module, hooks)) as cap:
+    with (
+        torch.inference_mode(),
+        autocast,
+        capture(module, hooks, stop_early=True, copy=not _no_inplace_writes(module, hooks)) as cap,
+    ):
         for batch in tqdm(loader, desc="exemplars", disable=not progress, leave=False):
             x, _, ids, _ = unpack_batch(batch, offset)
             offset += x.shape[0]
             ids = ids.to(dev, non_blocking=True)  # (B,)
             cap.forward(x.to(dev, non_blocking=True))
-            per = {h: _scores_and_tokens(cap.activations[h], cap.specs.get(h, specs[h]), stats)
-                   for h in hooks}
+            per = {
+                h: _scores_and_tokens(cap.activations[h], cap.specs.get(h, specs[h]), stats) for h in hooks
+            }
             if not states:
                 for h in hooks:
                     grids[h] = per[h][2]
                     channels[h] = per[h][1].shape[2]
                     groups.setdefault(grids[h], []).append(h)
-                states = {g: {s: TopKState(k, sum(channels[h] for h in hs), g if keep_maps else None,
-                                           device=dev) for s in stats} for g, hs in groups.items()}
+                states = {
+                    g: {
+                        s: TopKState(k, sum(channels[h] for h in hs), g if keep_maps else None, device=dev)
+                        for s in stats
+                    }
+                    for g, hs in groups.items()
+                }
             for g, hs in groups.items():
-                scores = {s: torch.cat([per[h][0][s] for h in hs], dim=1) if len(hs) > 1
-                          else per[hs[0]][0][s] for s in stats}  # (B, sum C)
+                scores = {
+                    s: torch.cat([per[h][0][s] for h in hs], dim=1) if len(hs) > 1 else per[hs[0]][0][s]
+                    for s in stats
+                }  # (B, sum C)
                 pick = _picker([per[h][1] for h in hs], accel) if keep_maps else None
                 update_states(states[g], scores, ids, pick)
     topk: dict[str, dict[str, FeatureTopK]] = {h: {} for h in hooks}
@@ -585,20 +674,37 @@ def find_exemplars(
             for h in hs:
                 sl = slice(c0, c0 + channels[h])
                 c0 += channels[h]
-                topk[h][s] = FeatureTopK(values=r.values[:, sl].clone(), indices=r.indices[:, sl].clone(),
-                                         maps=r.maps[:, sl].clone() if r.maps is not None else None)
+                topk[h][s] = FeatureTopK(
+                    values=r.values[:, sl].clone(),
+                    indices=r.indices[:, sl].clone(),
+                    maps=r.maps[:, sl].clone() if r.maps is not None else None,
+                )
     files, labels = _files_and_labels(dataset)
     record.finish()
-    res = ExemplarResult(hooks=hooks, stats=stats, k=k, topk=topk,
-                         grids=grids, files=files, labels=labels, record=record.to_dict(),
-                         cache_path=str(path) if path is not None else None)
+    res = ExemplarResult(
+        hooks=hooks,
+        stats=stats,
+        k=k,
+        topk=topk,
+        grids=grids,
+        files=files,
+        labels=labels,
+        record=record.to_dict(),
+        cache_path=str(path) if path is not None else None,
+    )
     if path is not None:
         result_cache.write(path, res._payload())
     return res
 
 
-def activation_maps(model: Any, x: Tensor, hook: str, feature: int,
-                    size: tuple[int, int] | None | str = "input", mode: str = "bilinear") -> Tensor:
+def activation_maps(
+    model: Any,
+    x: Tensor,
+    hook: str,
+    feature: int,
+    size: tuple[int, int] | None | str = "input",
+    mode: str = "bilinear",
+) -> Tensor:
     """Patch activation map of one feature: ``x (B, 3, H, W)`` -> ``(B, h, w)``.
 
     Args:
@@ -615,11 +721,16 @@ def activation_maps(model: Any, x: Tensor, hook: str, feature: int,
         spec = cap.specs[hook]
         maps = to_patch_maps(cap.activations[hook], spec)  # (B, C, h, w)
     if not 0 <= feature < maps.shape[1]:
-        raise HookError(f"feature {feature} out of range: {hook} has {maps.shape[1]} channels (0..{maps.shape[1] - 1})")
+        raise HookError(
+            f"feature {feature} out of range: {hook} has {maps.shape[1]} channels (0..{maps.shape[1] - 1})"
+        )
     m = maps[:, feature : feature + 1].float()  # (B, 1, h, w)
     if size == "input":
         size = tuple(x.shape[-2:])
     if size is not None:
-        m = F.interpolate(m, size=size, mode=mode, align_corners=False) if mode != "nearest" \
+        m = (
+            F.interpolate(m, size=size, mode=mode, align_corners=False)
+            if mode != "nearest"
             else F.interpolate(m, size=size, mode="nearest")
+        )
     return m[:, 0]

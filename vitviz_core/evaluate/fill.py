@@ -35,8 +35,10 @@ FILLS = ("black", "gray", "dataset_mean", "image_mean", "blur")
 
 Fill = Union[str, float, Sequence[float]]
 
-_AMBIGUOUS = ("fill 'mean' is ambiguous: use 'dataset_mean' (the ImageNet mean colour) "
-              "or 'image_mean' (each image's own mean colour)")
+_AMBIGUOUS = (
+    "fill 'mean' is ambiguous: use 'dataset_mean' (the ImageNet mean colour) "
+    "or 'image_mean' (each image's own mean colour)"
+)
 
 
 def check_fill(fill: Fill, channels: int = 3) -> None:
@@ -75,8 +77,9 @@ def fill_image(x: Tensor, fill: Fill = "black", blur_sigma: float = 10.0) -> Ten
             return gaussian_blur(x, [ks, ks], [blur_sigma, blur_sigma])
         if fill == "mean":
             raise VitvizError(_AMBIGUOUS)
-        raise VitvizError(f"unknown fill {fill!r}: use one of {', '.join(FILLS)}, a number or an "
-                          "(r, g, b) triple in [0, 1]")
+        raise VitvizError(
+            f"unknown fill {fill!r}: use one of {', '.join(FILLS)}, a number or an (r, g, b) triple in [0, 1]"
+        )
     val = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(-1)
     if val.numel() not in (1, c):
         raise VitvizError(f"fill needs 1 or {c} values, got {val.numel()}")

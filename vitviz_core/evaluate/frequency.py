@@ -38,9 +38,18 @@ from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.records import ResultRecord
 from vitviz_core.evaluate.stats import Estimate, accuracy_with_ci
 
-__all__ = ["radial_frequency", "max_radius", "frequency_mask", "frequency_gain", "low_pass", "high_pass",
-           "WINDOWS",
-           "FrequencyResult", "frequency_sweep", "DEFAULT_CUTOFFS"]
+__all__ = [
+    "radial_frequency",
+    "max_radius",
+    "frequency_mask",
+    "frequency_gain",
+    "low_pass",
+    "high_pass",
+    "WINDOWS",
+    "FrequencyResult",
+    "frequency_sweep",
+    "DEFAULT_CUTOFFS",
+]
 
 #: Default cut-offs (cycles per image) of the sweep; ``inf`` = unfiltered.
 DEFAULT_CUTOFFS: tuple[float, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, math.inf)
@@ -48,7 +57,7 @@ DEFAULT_CUTOFFS: tuple[float, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, ma
 
 def radial_frequency(h: int, w: int, device: torch.device | str | None = None) -> Tensor:
     """Radius (cycles per image) of every bin of ``torch.fft.rfft2`` output: ``(H, W//2+1)``."""
-    fy = torch.fft.fftfreq(h, d=1.0 / h, device=device)   # (H,) integers
+    fy = torch.fft.fftfreq(h, d=1.0 / h, device=device)  # (H,) integers
     fx = torch.fft.rfftfreq(w, d=1.0 / w, device=device)  # (W//2+1,)
     return torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)  # (H, W//2+1)
 
@@ -58,8 +67,9 @@ def max_radius(h: int, w: int) -> float:
     return float(radial_frequency(h, w).max())
 
 
-def frequency_mask(h: int, w: int, cutoff: float, kind: str = "low",
-                   device: torch.device | str | None = None) -> Tensor:
+def frequency_mask(
+    h: int, w: int, cutoff: float, kind: str = "low", device: torch.device | str | None = None
+) -> Tensor:
     """Boolean pass mask on the rfft2 grid ``(H, W//2+1)``: ``low`` keeps radius <= cutoff,
     ``high`` keeps radius > cutoff."""
     r = radial_frequency(h, w, device)
@@ -74,8 +84,14 @@ def frequency_mask(h: int, w: int, cutoff: float, kind: str = "low",
 WINDOWS: tuple[str, ...] = ("ideal", "gaussian")
 
 
-def frequency_gain(h: int, w: int, cutoff: float, kind: str = "low", window: str = "ideal",
-                   device: torch.device | str | None = None) -> Tensor:
+def frequency_gain(
+    h: int,
+    w: int,
+    cutoff: float,
+    kind: str = "low",
+    window: str = "ideal",
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Real gain on the rfft2 grid ``(H, W//2+1)``: the ideal 0/1 mask, or the Gaussian
     ``2 ** -((r / cutoff) ** 2)`` (low) and ``1 - that`` (high)."""
     if window == "ideal":
@@ -90,7 +106,7 @@ def frequency_gain(h: int, w: int, cutoff: float, kind: str = "low", window: str
     elif math.isinf(cutoff):
         low = torch.ones_like(r)
     else:
-        low = torch.exp2(-(r / cutoff) ** 2)
+        low = torch.exp2(-((r / cutoff) ** 2))
     return low if kind == "low" else 1.0 - low
 
 
@@ -113,8 +129,9 @@ def low_pass(x: Tensor, cutoff: float, clamp: bool = False, window: str = "ideal
     return out.clamp(0, 1) if clamp else out
 
 
-def high_pass(x: Tensor, cutoff: float, keep_dc: bool = True, clamp: bool = False,
-              window: str = "ideal") -> Tensor:
+def high_pass(
+    x: Tensor, cutoff: float, keep_dc: bool = True, clamp: bool = False, window: str = "ideal"
+) -> Tensor:
     """Radial high-pass (radius > cutoff, or the Gaussian complement); ``keep_dc`` adds the
     per-channel mean back."""
     out = _filter(x, cutoff, "high", window)
@@ -130,23 +147,27 @@ class FrequencyResult:
 
     cutoffs: list[float]
     kinds: list[str]
-    top1: dict[str, list[Estimate]] = field(default_factory=dict)   # kind -> one per cut-off
+    top1: dict[str, list[Estimate]] = field(default_factory=dict)  # kind -> one per cut-off
     top5: dict[str, list[Estimate]] = field(default_factory=dict)
     natural_top1: Estimate | None = None
     natural_top5: Estimate | None = None
     record: ResultRecord | None = None
-    correctness: Any = None   # evaluate.common.Correctness (per image), when computed here
+    correctness: Any = None  # evaluate.common.Correctness (per image), when computed here
 
     def to_dict(self) -> dict[str, Any]:
         from vitviz_core.evaluate.records import jsonable
 
-        return jsonable({
-            "cutoffs": self.cutoffs, "kinds": self.kinds,
-            "top1": {k: [e.to_dict() for e in v] for k, v in self.top1.items()},
-            "top5": {k: [e.to_dict() for e in v] for k, v in self.top5.items()},
-            "natural_top1": self.natural_top1, "natural_top5": self.natural_top5,
-            "record": self.record.to_dict() if self.record else None,
-        })
+        return jsonable(
+            {
+                "cutoffs": self.cutoffs,
+                "kinds": self.kinds,
+                "top1": {k: [e.to_dict() for e in v] for k, v in self.top1.items()},
+                "top5": {k: [e.to_dict() for e in v] for k, v in self.top5.items()},
+                "natural_top1": self.natural_top1,
+                "natural_top5": self.natural_top5,
+                "record": self.record.to_dict() if self.record else None,
+            }
+        )
 
 
 def _name(kind: str, c: float) -> str:
@@ -182,25 +203,50 @@ def frequency_sweep(
     if dataset is None:
         dataset = pixel_dataset(model, data_name, data_root, max_images)
     cut = [float(c) for c in cutoffs]
-    record = ResultRecord.start("frequency_sweep", model, dataset, {
-        "cutoffs": cut, "kinds": list(kinds), "units": "cycles per image (radius)",
-        "keep_dc": keep_dc, "clamp": clamp, "batch_size": batch_size, "n_boot": n_boot,
-        "seed": seed, "space": "pixel [0,1], per channel, before normalisation"})
+    record = ResultRecord.start(
+        "frequency_sweep",
+        model,
+        dataset,
+        {
+            "cutoffs": cut,
+            "kinds": list(kinds),
+            "units": "cycles per image (radius)",
+            "keep_dc": keep_dc,
+            "clamp": clamp,
+            "batch_size": batch_size,
+            "n_boot": n_boot,
+            "seed": seed,
+            "space": "pixel [0,1], per channel, before normalisation",
+        },
+    )
 
     def variants(x: Tensor, y: Tensor, idx: Tensor, *_: Any) -> dict[str, Tensor]:
         out = {"natural": x}
         for kind in kinds:
             for c in cut:
-                out[_name(kind, c)] = (low_pass(x, c, clamp=clamp) if kind == "low"
-                                       else high_pass(x, c, keep_dc=keep_dc, clamp=clamp))
+                out[_name(kind, c)] = (
+                    low_pass(x, c, clamp=clamp)
+                    if kind == "low"
+                    else high_pass(x, c, keep_dc=keep_dc, clamp=clamp)
+                )
         return out
 
-    corr = evaluate_variants(model, make_loader(dataset, batch_size), variants, device=device,
-                             progress=progress, desc="frequency sweep")
+    corr = evaluate_variants(
+        model,
+        make_loader(dataset, batch_size),
+        variants,
+        device=device,
+        progress=progress,
+        desc="frequency sweep",
+    )
     ci = dict(n_boot=n_boot, seed=seed)
-    res = FrequencyResult(cutoffs=cut, kinds=list(kinds), correctness=corr,
-                          natural_top1=accuracy_with_ci(corr.correct["natural"][1], **ci),
-                          natural_top5=accuracy_with_ci(corr.correct["natural"][5], **ci))
+    res = FrequencyResult(
+        cutoffs=cut,
+        kinds=list(kinds),
+        correctness=corr,
+        natural_top1=accuracy_with_ci(corr.correct["natural"][1], **ci),
+        natural_top5=accuracy_with_ci(corr.correct["natural"][5], **ci),
+    )
     for kind in kinds:
         res.top1[kind] = [accuracy_with_ci(corr.correct[_name(kind, c)][1], **ci) for c in cut]
         res.top5[kind] = [accuracy_with_ci(corr.correct[_name(kind, c)][5], **ci) for c in cut]

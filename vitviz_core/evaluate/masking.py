@@ -36,14 +36,23 @@ from vitviz_core.evaluate.records import ResultRecord, jsonable
 from vitviz_core.evaluate.common import Correctness
 from vitviz_core.evaluate.stats import Estimate
 
-__all__ = ["fill_image", "apply_mask", "masking_one", "mask_bbox", "saliency_to_mask", "ForegroundMasker",
-           "BoxMaskDataset", "MaskingResult", "masking_experiment", "CONDITIONS"]
+__all__ = [
+    "fill_image",
+    "apply_mask",
+    "masking_one",
+    "mask_bbox",
+    "saliency_to_mask",
+    "ForegroundMasker",
+    "BoxMaskDataset",
+    "MaskingResult",
+    "masking_experiment",
+    "CONDITIONS",
+]
 
 CONDITIONS = ("full", "foreground", "background")
 
 
-def apply_mask(x: Tensor, keep: Tensor, fill: Fill = "black",
-               blur_sigma: float = 10.0) -> Tensor:
+def apply_mask(x: Tensor, keep: Tensor, fill: Fill = "black", blur_sigma: float = 10.0) -> Tensor:
     """Keep ``x`` where ``keep`` is True, the fill elsewhere.
 
     Args:
@@ -67,7 +76,7 @@ def mask_bbox(mask: Tensor) -> Tensor:
     ar_h = torch.arange(h, device=mask.device)
     ar_w = torch.arange(w, device=mask.device)
     big = torch.tensor(10**9, device=mask.device)
-    y0 = torch.where(rows, ar_h, big).amin(1)   # (B,)
+    y0 = torch.where(rows, ar_h, big).amin(1)  # (B,)
     y1 = torch.where(rows, ar_h, -big).amax(1)
     x0 = torch.where(cols, ar_w, big).amin(1)
     x1 = torch.where(cols, ar_w, -big).amax(1)
@@ -92,8 +101,14 @@ def saliency_to_mask(prob: Tensor, threshold: float = 0.5, mode: str = "box") ->
 class ForegroundMasker:
     """Foreground masks from a saliency model: ``masker(x01 (B,3,H,W)) -> (B,H,W) bool``."""
 
-    def __init__(self, foreground_model: Any = None, threshold: float = 0.5, mode: str = "box",
-                 device: str | torch.device = "cpu", input_size: int | None = None):
+    def __init__(
+        self,
+        foreground_model: Any = None,
+        threshold: float = 0.5,
+        mode: str = "box",
+        device: str | torch.device = "cpu",
+        input_size: int | None = None,
+    ):
         if foreground_model is None:
             from vitviz_core.models import load_foreground_model
 
@@ -108,8 +123,13 @@ class ForegroundMasker:
         h, w = x01.shape[-2:]
         inp = x01
         if self.input_size is not None and (h, w) != (self.input_size, self.input_size):
-            inp = F.interpolate(x01, size=(self.input_size, self.input_size), mode="bilinear",
-                                align_corners=False, antialias=True)
+            inp = F.interpolate(
+                x01,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         with torch.inference_mode():
             p = self.model(inp)  # (B, 1, h', w')
         if p.dim() == 3:
@@ -122,9 +142,13 @@ class ForegroundMasker:
         return saliency_to_mask(self.probability(x01), self.threshold, self.mode)
 
     def describe(self) -> dict[str, Any]:
-        return {"source": "foreground model", "model": getattr(self.model, "name", type(self.model).__name__),
-                "file": str(getattr(self.model, "onnx_path", "")), "threshold": self.threshold,
-                "mode": self.mode}
+        return {
+            "source": "foreground model",
+            "model": getattr(self.model, "name", type(self.model).__name__),
+            "file": str(getattr(self.model, "onnx_path", "")),
+            "threshold": self.threshold,
+            "mode": self.mode,
+        }
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -155,8 +179,9 @@ class BoxMaskDataset(Dataset):
     a different size (e.g. resized copies). CSV boxes are taken in the image's own pixels.
     """
 
-    def __init__(self, images: Any, boxes: str | Path | Mapping[str, list], transform: Callable,
-                 missing: str = "error"):
+    def __init__(
+        self, images: Any, boxes: str | Path | Mapping[str, list], transform: Callable, missing: str = "error"
+    ):
         from vitviz_core import data as vdata
 
         if isinstance(images, (str, Path)):
@@ -180,8 +205,10 @@ class BoxMaskDataset(Dataset):
                 except Exception as exc:  # noqa: BLE001 - any parse failure is a data problem
                     raise DataError(f"cannot read box file {p}: {exc}") from exc
             else:
-                raise DataError(f"box annotations not found: {p} (give a LOC_val_solution.csv "
-                                "file or a folder of ILSVRC XML files)")
+                raise DataError(
+                    f"box annotations not found: {p} (give a LOC_val_solution.csv "
+                    "file or a folder of ILSVRC XML files)"
+                )
         keep: list[tuple[Path, int]] = []
         self.annotations: list[tuple[list, tuple[int, int] | None]] = []
         missing_ids: list[str] = []
@@ -193,11 +220,14 @@ class BoxMaskDataset(Dataset):
             keep.append((Path(path), label))
             self.annotations.append(ann)
         if missing_ids and missing == "error":
-            raise DataError(f"{len(missing_ids)} of {len(samples)} images have no box annotation "
-                            f"(first: {missing_ids[0]}); pass missing='skip' to drop them")
+            raise DataError(
+                f"{len(missing_ids)} of {len(samples)} images have no box annotation "
+                f"(first: {missing_ids[0]}); pass missing='skip' to drop them"
+            )
         if not keep:
-            raise DataError("no image has a box annotation: check that image file names match "
-                            "the annotation ids")
+            raise DataError(
+                "no image has a box annotation: check that image file names match the annotation ids"
+            )
         self.samples = keep
         self.missing = missing_ids
         self.on_error = getattr(images, "on_error", "warn")
@@ -254,26 +284,41 @@ class MaskingResult:
     """Table 2 row of one model: views (estimates) of the per-image ``correctness``."""
 
     model: str
-    top1: dict[str, Estimate] = field(default_factory=dict)        # condition -> estimate
+    top1: dict[str, Estimate] = field(default_factory=dict)  # condition -> estimate
     top5: dict[str, Estimate] = field(default_factory=dict)
     normalized_top5: dict[str, Estimate] = field(default_factory=dict)  # fg/bg top-5 / full top-5
-    foreground_fraction: float = float("nan")   # mean fraction of pixels marked foreground
-    empty_masks: int = 0                         # images with no foreground pixel
+    foreground_fraction: float = float("nan")  # mean fraction of pixels marked foreground
+    empty_masks: int = 0  # images with no foreground pixel
     record: ResultRecord | None = None
-    correctness: Correctness | None = None       # per image: condition -> k -> (N,) bool, predictions
+    correctness: Correctness | None = None  # per image: condition -> k -> (N,) bool, predictions
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({"model": self.model, "top1": self.top1, "top5": self.top5,
-                         "normalized_top5": self.normalized_top5,
-                         "foreground_fraction": self.foreground_fraction,
-                         "empty_masks": self.empty_masks,
-                         "record": self.record.to_dict() if self.record else None})
+        return jsonable(
+            {
+                "model": self.model,
+                "top1": self.top1,
+                "top5": self.top5,
+                "normalized_top5": self.normalized_top5,
+                "foreground_fraction": self.foreground_fraction,
+                "empty_masks": self.empty_masks,
+                "record": self.record.to_dict() if self.record else None,
+            }
+        )
 
 
-def masking_one(model: Any, dataset: Any, masker: Callable[[Tensor], Tensor] | None = None,
-                fill: Fill = "black", blur_sigma: float = 10.0, batch_size: int = 32, device: Any = None,
-                n_boot: int = 2000, seed: int = 0, progress: bool = True,
-                settings: dict | None = None) -> MaskingResult:
+def masking_one(
+    model: Any,
+    dataset: Any,
+    masker: Callable[[Tensor], Tensor] | None = None,
+    fill: Fill = "black",
+    blur_sigma: float = 10.0,
+    batch_size: int = 32,
+    device: Any = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    progress: bool = True,
+    settings: dict | None = None,
+) -> MaskingResult:
     """The masking loop: full / foreground-only / background-only per image for one model.
 
     Args:
@@ -292,14 +337,22 @@ def masking_one(model: Any, dataset: Any, masker: Callable[[Tensor], Tensor] | N
         stats["fg"] += float(keep.float().sum())
         stats["pix"] += keep.numel()
         stats["empty"] += int((~keep.flatten(1).any(1)).sum())
-        return {"full": x,
-                "foreground": apply_mask(x, keep, fill, blur_sigma),
-                "background": apply_mask(x, ~keep, fill, blur_sigma)}
+        return {
+            "full": x,
+            "foreground": apply_mask(x, keep, fill, blur_sigma),
+            "background": apply_mask(x, ~keep, fill, blur_sigma),
+        }
 
     name = getattr(model, "name", type(model).__name__)
     record = ResultRecord.start("masking", model, dataset, settings or {})
-    corr = evaluate_variants(model, make_loader(dataset, batch_size), variants, device=device, progress=progress,
-                             desc=f"masking {name}")
+    corr = evaluate_variants(
+        model,
+        make_loader(dataset, batch_size),
+        variants,
+        device=device,
+        progress=progress,
+        desc=f"masking {name}",
+    )
     res = MaskingResult(model=name, correctness=corr)
     for c in CONDITIONS:
         res.top1[c] = corr.estimate(c, 1, n_boot=n_boot, seed=seed)
@@ -359,17 +412,30 @@ def masking_experiment(
     elif masks == "boxes":
         if boxes is None:
             raise VitvizError("masks='boxes' needs boxes= (a LOC_val_solution.csv, an XML folder or a dict)")
-        masker, mask_desc = None, {"source": "boxes", "boxes": str(boxes) if not isinstance(boxes, Mapping) else "dict"}
+        masker, mask_desc = (
+            None,
+            {"source": "boxes", "boxes": str(boxes) if not isinstance(boxes, Mapping) else "dict"},
+        )
     else:
         raise VitvizError(f"unknown mask source {masks!r}: use 'foreground', 'boxes' or a callable")
     for model in models:
         base = pixel_dataset(model, data_name, data_root, max_images)
-        dataset: Any = (BoxMaskDataset(base, boxes, model.pixel_transform())  # type: ignore[arg-type]
-                        if masker is None else base)
-        settings = {"masks": mask_desc, "fill": fill, "blur_sigma": blur_sigma if fill == "blur" else None,
-                    "batch_size": batch_size, "n_boot": n_boot, "seed": seed,
-                    "space": "pixel [0,1] before the model's normalisation"}
-        res = masking_one(model, dataset, masker, fill, blur_sigma, batch_size, device,
-                          n_boot, seed, progress, settings)
+        dataset: Any = (
+            BoxMaskDataset(base, boxes, model.pixel_transform())  # type: ignore[arg-type]
+            if masker is None
+            else base
+        )
+        settings = {
+            "masks": mask_desc,
+            "fill": fill,
+            "blur_sigma": blur_sigma if fill == "blur" else None,
+            "batch_size": batch_size,
+            "n_boot": n_boot,
+            "seed": seed,
+            "space": "pixel [0,1] before the model's normalisation",
+        }
+        res = masking_one(
+            model, dataset, masker, fill, blur_sigma, batch_size, device, n_boot, seed, progress, settings
+        )
         out[res.model] = res
     return out

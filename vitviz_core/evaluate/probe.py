@@ -33,8 +33,16 @@ from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.records import ResultRecord
 from vitviz_core.evaluate.stats import Estimate, accuracy_with_ci, topk_correct
 
-__all__ = ["pool_tokens", "extract_features", "LinearProbe", "fit_linear_probe", "ProbeResult",
-           "probe_accuracy", "evaluate_probe", "random_view"]
+__all__ = [
+    "pool_tokens",
+    "extract_features",
+    "LinearProbe",
+    "fit_linear_probe",
+    "ProbeResult",
+    "probe_accuracy",
+    "evaluate_probe",
+    "random_view",
+]
 
 FEATURES = ("cls", "cls+mean", "mean")
 
@@ -58,8 +66,9 @@ def _final_tokens(module: nn.Module, x: Tensor) -> Tensor:
     return t  # (B, L, C), after the final norm
 
 
-def random_view(x01: Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.35, 1.0),
-                flip: bool = True) -> Tensor:
+def random_view(
+    x01: Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.35, 1.0), flip: bool = True
+) -> Tensor:
     """A random resized crop (+ horizontal flip) of each image ``(B, 3, H, W)``, same size."""
     b, _, h, w = x01.shape
     out = []
@@ -70,8 +79,13 @@ def random_view(x01: Tensor, generator: torch.Generator, scale: tuple[float, flo
         cw = int(round(min(w, (s * h * w * ar) ** 0.5)))
         y0 = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
         x0 = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
-        v = F.interpolate(x01[i : i + 1, :, y0 : y0 + ch, x0 : x0 + cw], size=(h, w),
-                          mode="bilinear", align_corners=False, antialias=True)
+        v = F.interpolate(
+            x01[i : i + 1, :, y0 : y0 + ch, x0 : x0 + cw],
+            size=(h, w),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
         if flip and bool(torch.rand(1, generator=generator) < 0.5):
             v = v.flip(-1)
         out.append(v)
@@ -127,8 +141,9 @@ def extract_features(
     tlogits: list[Tensor] = []
     offset = 0
     with torch.inference_mode():
-        for batch in tqdm(make_loader(dataset, batch_size), desc="probe features",
-                          disable=not progress, leave=False):
+        for batch in tqdm(
+            make_loader(dataset, batch_size), desc="probe features", disable=not progress, leave=False
+        ):
             x, y, _, _ = unpack_batch(batch, offset)
             offset += x.shape[0]
             for v in range(views):
@@ -138,19 +153,22 @@ def extract_features(
                 labels.append(y)
                 if teacher is not None:
                     tsize = tuple(teacher.input_size)
-                    xt = xv if tuple(xv.shape[-2:]) == tsize else F.interpolate(
-                        xv, size=tsize, mode="bilinear", align_corners=False, antialias=True)
+                    xt = (
+                        xv
+                        if tuple(xv.shape[-2:]) == tsize
+                        else F.interpolate(
+                            xv, size=tsize, mode="bilinear", align_corners=False, antialias=True
+                        )
+                    )
                     tlm = as_loaded(teacher)
                     tlogits.append(tlm.model(tlm.normalize(xt)).float().cpu())
-    return (torch.cat(feats), torch.cat(labels),
-            torch.cat(tlogits) if teacher is not None else None)
+    return (torch.cat(feats), torch.cat(labels), torch.cat(tlogits) if teacher is not None else None)
 
 
 class LinearProbe(nn.Module):
     """Standardise -> linear layer, on pooled final-normed tokens."""
 
-    def __init__(self, in_dim: int, num_classes: int, features: str = "cls",
-                 num_prefix_tokens: int = 1):
+    def __init__(self, in_dim: int, num_classes: int, features: str = "cls", num_prefix_tokens: int = 1):
         super().__init__()
         if features not in FEATURES:
             raise VitvizError(f"unknown probe features {features!r}: use one of {FEATURES}")
@@ -168,8 +186,10 @@ class LinearProbe(nn.Module):
     def head_for(self, module: nn.Module) -> Callable[[Tensor], Tensor]:
         """``tokens after the blocks (B, L, C) -> logits (B, K)`` (applies the final norm):
         the ``head=`` argument of the token-mixing functions."""
+
         def head(tokens: Tensor) -> Tensor:
             return self(pool_tokens(module.norm(tokens), self.features, self.num_prefix_tokens))
+
         return head
 
     def token_head(self, tokens: Tensor) -> Tensor:
@@ -232,7 +252,7 @@ def fit_linear_probe(
             opt.zero_grad()
             logits = probe(feats)  # (N, K)
             if soft:
-                loss = -(p_t * F.log_softmax(logits / temperature, -1)).sum(-1).mean() * temperature ** 2
+                loss = -(p_t * F.log_softmax(logits / temperature, -1)).sum(-1).mean() * temperature**2
                 if labels is not None and label_weight > 0:
                     loss = loss + label_weight * F.cross_entropy(logits, labels.long())
             else:
@@ -244,8 +264,16 @@ def fit_linear_probe(
     return probe.eval()
 
 
-def _fit_logistic(feats: Tensor, targets: Tensor, num_classes: int, features: str, num_prefix_tokens: int,
-                  C: float, max_iter: int, seed: int) -> LinearProbe:
+def _fit_logistic(
+    feats: Tensor,
+    targets: Tensor,
+    num_classes: int,
+    features: str,
+    num_prefix_tokens: int,
+    C: float,
+    max_iter: int,
+    seed: int,
+) -> LinearProbe:
     """scikit-learn's StandardScaler + LogisticRegression, copied into a float64 LinearProbe."""
     import warnings
 
@@ -288,7 +316,7 @@ class ProbeResult:
     top1: Estimate
     top5: Estimate
     record: ResultRecord | None = None
-    feature: str = ""                 # what the probe read (e.g. a hook name)
+    feature: str = ""  # what the probe read (e.g. a hook name)
     n_train: int = 0
     n_test: int = 0
     n_train_classes: int = 0
@@ -298,18 +326,31 @@ class ProbeResult:
     predicted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N_test,) top-1 class
 
     def row(self) -> dict:
-        return {"feature": self.feature, "top1": self.top1.value, "top1_low": self.top1.low,
-                "top1_high": self.top1.high, "top5": self.top5.value, "n_train": self.n_train,
-                "n_test": self.n_test, "seconds": self.seconds}
+        return {
+            "feature": self.feature,
+            "top1": self.top1.value,
+            "top1_low": self.top1.low,
+            "top1_high": self.top1.high,
+            "top5": self.top5.value,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "seconds": self.seconds,
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"top1": self.top1.to_dict(), "top5": self.top5.to_dict(),
-                "record": self.record.to_dict() if self.record is not None else None,
-                "feature": self.feature, "n_train": self.n_train, "n_test": self.n_test}
+        return {
+            "top1": self.top1.to_dict(),
+            "top5": self.top5.to_dict(),
+            "record": self.record.to_dict() if self.record is not None else None,
+            "feature": self.feature,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+        }
 
 
-def probe_accuracy(probe: LinearProbe, feats: Tensor, labels: Tensor, n_boot: int = 2000, seed: int = 0,
-                   **info: Any) -> ProbeResult:
+def probe_accuracy(
+    probe: LinearProbe, feats: Tensor, labels: Tensor, n_boot: int = 2000, seed: int = 0, **info: Any
+) -> ProbeResult:
     """Score a probe on held-out features ``(N, D)`` with labels ``(N,)``.
 
     A class the probe never saw (``-inf`` logit) is never predicted, and an image of such a
@@ -323,32 +364,65 @@ def probe_accuracy(probe: LinearProbe, feats: Tensor, labels: Tensor, n_boot: in
     hits = topk_correct(logits, labels, (1, 5))
     k_known = int(known[0].sum()) if len(known) else 0
     if k_known < 5:  # fewer candidates than 5: only classes the probe knows may count
-        top = logits.topk(min(5, logits.shape[-1]), -1).indices[:, :max(k_known, 1)]  # (N, <=5)
+        top = logits.topk(min(5, logits.shape[-1]), -1).indices[:, : max(k_known, 1)]  # (N, <=5)
         hits = {1: top[:, 0] == labels, 5: (top == labels[:, None]).any(1)}
     c1, c5 = hits[1].cpu().numpy(), hits[5].cpu().numpy()
-    return ProbeResult(top1=accuracy_with_ci(c1, n_boot=n_boot, seed=seed),
-                       top5=accuracy_with_ci(c5, n_boot=n_boot, seed=seed),
-                       n_test=int(len(labels)), correct1=c1, correct5=c5,
-                       predicted=logits.argmax(-1).cpu().numpy(), **info)
+    return ProbeResult(
+        top1=accuracy_with_ci(c1, n_boot=n_boot, seed=seed),
+        top5=accuracy_with_ci(c5, n_boot=n_boot, seed=seed),
+        n_test=int(len(labels)),
+        correct1=c1,
+        correct5=c5,
+        predicted=logits.argmax(-1).cpu().numpy(),
+        **info,
+    )
 
 
-def evaluate_probe(model: Any, probe: LinearProbe, dataset: Any = None,
-                   data_name: str = "imagenet-val-1300", data_root: str | Path | None = None,
-                   max_images: int | None = None, batch_size: int = 32,
-                   device: str | torch.device | None = None, n_boot: int = 2000, seed: int = 0,
-                   progress: bool = True) -> ProbeResult:
+def evaluate_probe(
+    model: Any,
+    probe: LinearProbe,
+    dataset: Any = None,
+    data_name: str = "imagenet-val-1300",
+    data_root: str | Path | None = None,
+    max_images: int | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    progress: bool = True,
+) -> ProbeResult:
     """Top-1/top-5 (bootstrap CIs) of backbone + probe on held-out images (``dataset``:
     pixel-space items for a LoadedModel, default ``data_name`` in the model's pixel view)."""
     from vitviz_core.evaluate.common import pixel_dataset
 
     if dataset is None:
         dataset = pixel_dataset(model, data_name, data_root, max_images)
-    record = ResultRecord.start("linear_probe_eval", model, dataset, {
-        "features": probe.features, "n_boot": n_boot, "seed": seed})
+    record = ResultRecord.start(
+        "linear_probe_eval", model, dataset, {"features": probe.features, "n_boot": n_boot, "seed": seed}
+    )
     t0 = time.perf_counter()
-    feats, labels, _ = extract_features(model, dataset, probe.features, 1, None, data_name,
-                                        data_root, max_images, batch_size, device, seed, progress)
-    res = probe_accuracy(probe, feats, labels, n_boot=n_boot, seed=seed, feature=probe.features,
-                         seconds=time.perf_counter() - t0)
+    feats, labels, _ = extract_features(
+        model,
+        dataset,
+        probe.features,
+        1,
+        None,
+        data_name,
+        data_root,
+        max_images,
+        batch_size,
+        device,
+        seed,
+        progress,
+    )
+    res = probe_accuracy(
+        probe,
+        feats,
+        labels,
+        n_boot=n_boot,
+        seed=seed,
+        feature=probe.features,
+        seconds=time.perf_counter() - t0,
+    )
     res.record = record.finish()
     return res

@@ -24,8 +24,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["ResultRecord", "model_info", "data_info", "skip_info", "dataset_fingerprint",
-           "weights_fingerprint", "jsonable"]
+__all__ = [
+    "ResultRecord",
+    "model_info",
+    "data_info",
+    "skip_info",
+    "dataset_fingerprint",
+    "weights_fingerprint",
+    "jsonable",
+]
 
 
 def jsonable(obj: Any) -> Any:
@@ -60,16 +67,17 @@ class ResultRecord:
     """Provenance of one experiment result."""
 
     experiment: str
-    model: dict[str, Any] = field(default_factory=dict)     # name, arch, weights, pretrained
-    data: dict[str, Any] = field(default_factory=dict)      # name/root, n_images, fingerprint
+    model: dict[str, Any] = field(default_factory=dict)  # name, arch, weights, pretrained
+    data: dict[str, Any] = field(default_factory=dict)  # name/root, n_images, fingerprint
     settings: dict[str, Any] = field(default_factory=dict)  # every knob that changes the number
     versions: dict[str, str] = field(default_factory=dict)
     started: str = ""
     duration_s: float = 0.0
 
     @classmethod
-    def start(cls, experiment: str, model: Any = None, data: Any = None,
-              settings: dict[str, Any] | None = None) -> "ResultRecord":
+    def start(
+        cls, experiment: str, model: Any = None, data: Any = None, settings: dict[str, Any] | None = None
+    ) -> "ResultRecord":
         import timm
 
         import vitviz_core
@@ -79,8 +87,12 @@ class ResultRecord:
             model=model_info(model) if model is not None else {},
             data=data_info(data) if data is not None else {},
             settings=jsonable(settings or {}),
-            versions={"vitviz_core": vitviz_core.__version__, "torch": torch.__version__,
-                      "timm": timm.__version__, "python": platform.python_version()},
+            versions={
+                "vitviz_core": vitviz_core.__version__,
+                "torch": torch.__version__,
+                "timm": timm.__version__,
+                "python": platform.python_version(),
+            },
             started=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         rec._t0 = time.perf_counter()  # type: ignore[attr-defined]
@@ -107,13 +119,21 @@ class ResultRecord:
 def model_info(model: Any) -> dict[str, Any]:
     """Name, architecture and weights source of a LoadedModel (or a bare nn.Module)."""
     if hasattr(model, "weights_source") and hasattr(model, "model"):
-        return {"name": model.name, "arch": model.arch, "weights": model.weights_source,
-                "pretrained": bool(model.pretrained),
-                "input_size": list(model.data_config.get("input_size", []))}
+        return {
+            "name": model.name,
+            "arch": model.arch,
+            "weights": model.weights_source,
+            "pretrained": bool(model.pretrained),
+            "input_size": list(model.data_config.get("input_size", [])),
+        }
     if isinstance(model, torch.nn.Module):
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        return {"name": type(model).__name__, "arch": cfg.get("architecture", type(model).__name__),
-                "weights": "unknown (bare nn.Module)", "pretrained": None}
+        return {
+            "name": type(model).__name__,
+            "arch": cfg.get("architecture", type(model).__name__),
+            "weights": "unknown (bare nn.Module)",
+            "pretrained": None,
+        }
     return {"name": str(model)}
 
 
@@ -182,8 +202,9 @@ def dataset_fingerprint(dataset: Any) -> str:
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
             h.update(t.numpy().tobytes())
         return h.hexdigest()[:16]
-    raise ValueError(f"cannot fingerprint a {type(dataset).__name__}: it has neither "
-                     "`samples` (file list) nor `tensors`")
+    raise ValueError(
+        f"cannot fingerprint a {type(dataset).__name__}: it has neither `samples` (file list) nor `tensors`"
+    )
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:

@@ -50,8 +50,7 @@ class Estimate:
 
     def percent(self, digits: int = 2) -> str:
         """``"82.62 [80.54, 84.62]"``: value and interval in percent."""
-        return (f"{100 * self.value:.{digits}f} "
-                f"[{100 * self.low:.{digits}f}, {100 * self.high:.{digits}f}]")
+        return f"{100 * self.value:.{digits}f} [{100 * self.low:.{digits}f}, {100 * self.high:.{digits}f}]"
 
     def __str__(self) -> str:
         return self.percent()
@@ -129,8 +128,7 @@ def wilson_ci(successes: int, n: int, level: float = 0.95) -> Estimate:
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == n else min(1.0, centre + half)
-    return Estimate(value=p, low=low, high=high,
-                    n=int(n), method="wilson", level=level)
+    return Estimate(value=p, low=low, high=high, n=int(n), method="wilson", level=level)
 
 
 def accuracy_with_ci(
@@ -164,12 +162,12 @@ def ratio_with_ci(
 ) -> Estimate:
     """``mean(numerator) / mean(denominator)`` on paired per-image vectors, with a paired
     bootstrap interval (e.g. foreground-only top-5 normalised by full-image top-5)."""
-    return bootstrap_ci(numerator, denominator, statistic=_ratio, n_boot=n_boot,
-                        level=level, seed=seed)
+    return bootstrap_ci(numerator, denominator, statistic=_ratio, n_boot=n_boot, level=level, seed=seed)
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor,
-                 ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
+def topk_correct(
+    logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[int, torch.Tensor]:
     """Per-image top-k correctness.
 
     Args:

@@ -41,9 +41,19 @@ from vitviz_core.errors import HookError, VitvizError
 from vitviz_core.evaluate.records import ResultRecord, jsonable
 from vitviz_core.evaluate.stats import Estimate, accuracy_with_ci, bootstrap_ci
 
-__all__ = ["check_vit", "default_head", "default_token_head", "cls_isolation_mask",
-           "prefix_masked_logits", "isolated_cls_logits", "drop_patches_logits", "patch_head_logits",
-           "token_mixing_batch", "TokenMixingResult", "token_mixing_experiment"]
+__all__ = [
+    "check_vit",
+    "default_head",
+    "default_token_head",
+    "cls_isolation_mask",
+    "prefix_masked_logits",
+    "isolated_cls_logits",
+    "drop_patches_logits",
+    "patch_head_logits",
+    "token_mixing_batch",
+    "TokenMixingResult",
+    "token_mixing_experiment",
+]
 
 TokenHead = Callable[[Tensor], Tensor]
 #: ``n_tokens -> (L, L)`` boolean attention mask (True = may attend)
@@ -61,29 +71,37 @@ def check_vit(model: Any) -> nn.Module:
     needed = ("blocks", "norm", "forward_head")
     missing = [a for a in needed if not hasattr(module, a)]
     if missing:
-        raise VitvizError(f"token mixing needs a timm VisionTransformer (with {', '.join(needed)}); "
-                          f"{type(module).__name__} lacks {', '.join(missing)}")
+        raise VitvizError(
+            f"token mixing needs a timm VisionTransformer (with {', '.join(needed)}); "
+            f"{type(module).__name__} lacks {', '.join(missing)}"
+        )
     if getattr(module, "cls_token", None) is None:
-        raise VitvizError(f"{type(module).__name__} has no CLS token: token-mixing experiments "
-                          "need a class-token ViT")
+        raise VitvizError(
+            f"{type(module).__name__} has no CLS token: token-mixing experiments need a class-token ViT"
+        )
     return module
 
 
 def default_head(module: nn.Module) -> TokenHead:
     """``tokens (B, L, C) after blocks -> logits (B, K)``: the model's final norm + head."""
+
     def head(tokens: Tensor) -> Tensor:
         return module.forward_head(module.norm(tokens))
+
     return head
 
 
 def default_token_head(module: nn.Module) -> TokenHead:
     """``normed tokens (B, N, C) -> logits (B, N, K)``: the head applied to every token."""
     if getattr(module, "num_classes", 1) == 0 or isinstance(module.head, nn.Identity):
-        raise VitvizError("this backbone has no classifier head: fit one with "
-                          "evaluate.probe.fit_linear_probe and pass token_head=probe.token_head")
+        raise VitvizError(
+            "this backbone has no classifier head: fit one with "
+            "evaluate.probe.fit_linear_probe and pass token_head=probe.token_head"
+        )
 
     def token_head(tokens: Tensor) -> Tensor:
         return module.head(module.fc_norm(tokens))
+
     return token_head
 
 
@@ -109,22 +127,26 @@ class _Branches:
     """Bookkeeping of one branching forward pass: which chunk of ``B`` rows is which variant,
     which extra (dropped-patch) tokens exist, and the edits that make it so."""
 
-    def __init__(self, groups: Mapping[str, tuple[MaskFn, list[int]]], drops: list[int], depth: int,
-                 batch: int) -> None:
+    def __init__(
+        self, groups: Mapping[str, tuple[MaskFn, list[int]]], drops: list[int], depth: int, batch: int
+    ) -> None:
         self.groups = {g: (fn, ls) for g, (fn, ls) in groups.items() if any(v > 0 for v in ls)}
         self.drops = [v for v in drops if v < depth]
         self.depth = depth
         self.batch = batch
         self.chunks: list[tuple[str, str | None, int | None]] = [("natural", None, None)]
         self.chunks += [("trunk", g, None) for g in self.groups]
-        self.extra: list[int] = []     # drop layer of each extra token, in token order
-        self.n_tokens = 0              # tokens of the unmodified sequence
+        self.extra: list[int] = []  # drop layer of each extra token, in token order
+        self.n_tokens = 0  # tokens of the unmodified sequence
         self._masks: dict[Any, Tensor | None] = {}
 
     def edits(self) -> dict[str, Callable]:
         out: dict[str, Callable] = {}
-        branch_at = sorted({v for _, ls in self.groups.values() for v in ls if 0 < v < self.depth}
-                           | set(self.drops) | ({0} if self.groups else set()))
+        branch_at = sorted(
+            {v for _, ls in self.groups.values() for v in ls if 0 < v < self.depth}
+            | set(self.drops)
+            | ({0} if self.groups else set())
+        )
         for layer in branch_at:
             out[f"blocks.{layer}.hook_resid_pre"] = self._make_branch(layer)
         if self.groups or self.drops:
@@ -148,9 +170,10 @@ class _Branches:
                 if layer == max(self.groups[g][1]):  # the last join: the trunk itself joins
                     self.chunks[i] = ("joined", g, layer)
                 else:
-                    copies.append(x[i * self.batch:(i + 1) * self.batch])
+                    copies.append(x[i * self.batch : (i + 1) * self.batch])
                     self.chunks.append(("joined", g, layer))
             return torch.cat([x, *copies]) if copies else x  # (rows', L', C)
+
         return branch
 
     def _mask(self, mask: Tensor, spec: Any) -> Tensor:  # mask: (rows, 1, L', L') all True
@@ -220,8 +243,12 @@ def prefix_masked_logits(
     n_chunks = 1 + sum(1 for ls in layers.values() for v in ls if v > 0)
     step = max(1, max_rows // n_chunks)
     if x.shape[0] > step:
-        parts = [prefix_masked_logits(module, x[i:i + step], groups, drop_layers, head, patch_head,
-                                      token_head, max_rows) for i in range(0, x.shape[0], step)]
+        parts = [
+            prefix_masked_logits(
+                module, x[i : i + step], groups, drop_layers, head, patch_head, token_head, max_rows
+            )
+            for i in range(0, x.shape[0], step)
+        ]
         return _cat_outputs(parts)
     b = x.shape[0]
     br = _Branches({g: (masks[g], layers[g]) for g in groups}, drops, depth, b)
@@ -230,10 +257,15 @@ def prefix_masked_logits(
         cap.forward(x)
     tokens = cap.activations[last]  # (rows, L + extras, C)
     n = br.n_tokens or tokens.shape[1]
-    chunk = {(g, layer): tokens[i * b:(i + 1) * b, :n] for i, (_, g, layer) in enumerate(br.chunks)}
+    chunk = {(g, layer): tokens[i * b : (i + 1) * b, :n] for i, (_, g, layer) in enumerate(br.chunks)}
     natural = tokens[:b, :n]  # (B, L, C)
-    out: dict[str, Any] = {"natural": head(natural), "groups": {}, "drop": {}, "patch": None,
-                           "patch_pooled": None}
+    out: dict[str, Any] = {
+        "natural": head(natural),
+        "groups": {},
+        "drop": {},
+        "patch": None,
+        "patch_pooled": None,
+    }
     for g, ls in layers.items():
         res = out["groups"][g] = {}
         for layer in ls:
@@ -247,7 +279,7 @@ def prefix_masked_logits(
             out["drop"][layer] = head(natural[:, :1])
         else:
             pos = n + br.extra.index(layer)
-            out["drop"][layer] = head(tokens[:b, pos:pos + 1])  # CLS alone from block `layer`
+            out["drop"][layer] = head(tokens[:b, pos : pos + 1])  # CLS alone from block `layer`
     if patch_head:
         token_head = token_head or default_token_head(module)
         npre = int(getattr(module, "num_prefix_tokens", 1))
@@ -262,6 +294,7 @@ def _cat_outputs(parts: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(vals[0], dict):
             return {k: cat([v[k] for v in vals]) for k in vals[0]}
         return None if vals[0] is None else torch.cat(vals)
+
     return {k: cat([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -290,28 +323,32 @@ def token_mixing_batch(
     depth = len(check_vit(model).blocks)
     joins = _check_layers(join_layers, depth, "join layer")
     drops = _check_layers(drop_layers, depth, "drop layer")
-    out = prefix_masked_logits(model, x, {"isolate": (cls_isolation_mask, joins)}, drops, head,
-                               patch_head, token_head)
+    out = prefix_masked_logits(
+        model, x, {"isolate": (cls_isolation_mask, joins)}, drops, head, patch_head, token_head
+    )
     out["isolate"] = out.pop("groups")["isolate"]
     return out
 
 
-def isolated_cls_logits(model: Any, x: Tensor, join_layers: Sequence[int] | None = None,
-                        head: TokenHead | None = None) -> dict[int, Tensor]:
+def isolated_cls_logits(
+    model: Any, x: Tensor, join_layers: Sequence[int] | None = None, head: TokenHead | None = None
+) -> dict[int, Tensor]:
     """``{L: logits (B, K)}`` with CLS isolated from the patches in blocks ``[0, L)``."""
     return token_mixing_batch(model, x, join_layers, drop_layers=(), head=head)["isolate"]
 
 
-def drop_patches_logits(model: Any, x: Tensor, drop_layers: Sequence[int] | None = None,
-                        head: TokenHead | None = None) -> dict[int, Tensor]:
+def drop_patches_logits(
+    model: Any, x: Tensor, drop_layers: Sequence[int] | None = None, head: TokenHead | None = None
+) -> dict[int, Tensor]:
     """``{L: logits (B, K)}`` with every token but CLS dropped after block ``L - 1``."""
     return token_mixing_batch(model, x, join_layers=(), drop_layers=drop_layers, head=head)["drop"]
 
 
 def patch_head_logits(model: Any, x: Tensor, token_head: TokenHead | None = None) -> Tensor:
     """Classifier head on every patch token after the final norm: ``(B, N, K)``."""
-    return token_mixing_batch(model, x, join_layers=(), drop_layers=(), patch_head=True,
-                              token_head=token_head)["patch"]
+    return token_mixing_batch(
+        model, x, join_layers=(), drop_layers=(), patch_head=True, token_head=token_head
+    )["patch"]
 
 
 # ----------------------------------------------------------------------------- dataset level
@@ -322,26 +359,34 @@ class TokenMixingResult:
     """Table 1 analogue for one model (fractions; ``Estimate.percent()`` for display)."""
 
     depth: int
-    natural: dict[int, Estimate] = field(default_factory=dict)                # k -> estimate
-    isolate: dict[int, dict[int, Estimate]] = field(default_factory=dict)     # L -> k -> estimate
-    drop: dict[int, dict[int, Estimate]] = field(default_factory=dict)        # L -> k -> estimate
-    patch_mean: dict[int, Estimate] = field(default_factory=dict)             # k -> mean of the map
-    patch_pooled: dict[int, Estimate] = field(default_factory=dict)           # k -> head(mean patch)
-    patch_best: dict[int, Estimate] = field(default_factory=dict)             # k -> at best_position
-    best_position: tuple[int, int] | None = None                              # (row, col) in the grid
-    patch_map: dict[int, np.ndarray] = field(default_factory=dict)            # k -> (H, W) accuracy
+    natural: dict[int, Estimate] = field(default_factory=dict)  # k -> estimate
+    isolate: dict[int, dict[int, Estimate]] = field(default_factory=dict)  # L -> k -> estimate
+    drop: dict[int, dict[int, Estimate]] = field(default_factory=dict)  # L -> k -> estimate
+    patch_mean: dict[int, Estimate] = field(default_factory=dict)  # k -> mean of the map
+    patch_pooled: dict[int, Estimate] = field(default_factory=dict)  # k -> head(mean patch)
+    patch_best: dict[int, Estimate] = field(default_factory=dict)  # k -> at best_position
+    best_position: tuple[int, int] | None = None  # (row, col) in the grid
+    patch_map: dict[int, np.ndarray] = field(default_factory=dict)  # k -> (H, W) accuracy
     record: ResultRecord | None = None
     #: per-image top-k correctness for paired comparisons: "natural" / "isolate@L" / "drop@L"
     #: -> k -> (N,) bool (not part of ``to_dict``)
     correct: dict[str, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({
-            "depth": self.depth, "natural": self.natural, "isolate": self.isolate, "drop": self.drop,
-            "patch_mean": self.patch_mean, "patch_pooled": self.patch_pooled,
-            "patch_best": self.patch_best,
-            "best_position": self.best_position, "patch_map": self.patch_map,
-            "record": self.record.to_dict() if self.record else None})
+        return jsonable(
+            {
+                "depth": self.depth,
+                "natural": self.natural,
+                "isolate": self.isolate,
+                "drop": self.drop,
+                "patch_mean": self.patch_mean,
+                "patch_pooled": self.patch_pooled,
+                "patch_best": self.patch_best,
+                "best_position": self.best_position,
+                "patch_map": self.patch_map,
+                "record": self.record.to_dict() if self.record else None,
+            }
+        )
 
 
 def _grid(module: nn.Module, n: int) -> tuple[int, int]:
@@ -388,13 +433,27 @@ def token_mixing_experiment(
     if dataset is None:
         dataset = model_dataset(model, data_name, data_root, max_images)
     dev = torch.device(device) if device is not None else model_device(model)
-    record = ResultRecord.start("token_mixing", model, dataset, {
-        "join_layers": joins, "drop_layers": drops, "patch_head": patch_head,
-        "head": "model head" if head is None else repr(head), "batch_size": batch_size,
-        "n_boot": n_boot, "seed": seed})
+    record = ResultRecord.start(
+        "token_mixing",
+        model,
+        dataset,
+        {
+            "join_layers": joins,
+            "drop_layers": drops,
+            "patch_head": patch_head,
+            "head": "model head" if head is None else repr(head),
+            "batch_size": batch_size,
+            "n_boot": n_boot,
+            "seed": seed,
+        },
+    )
     ks = (1, 5)
-    acc: dict[str, dict[Any, dict[int, list[Tensor]]]] = {"natural": {}, "isolate": {}, "drop": {},
-                                                          "pooled": {}}
+    acc: dict[str, dict[Any, dict[int, list[Tensor]]]] = {
+        "natural": {},
+        "isolate": {},
+        "drop": {},
+        "pooled": {},
+    }
     patch_hits: dict[int, list[Tensor]] = {1: [], 5: []}
     offset = 0
     loader = make_loader(dataset, batch_size)
@@ -419,16 +478,24 @@ def token_mixing_experiment(
 
         raise DataError("the dataset is empty: nothing to evaluate")
     ci = dict(n_boot=n_boot, seed=seed)
-    cat = {kind: {layer: {k: torch.cat(v).numpy() for k, v in d.items()} for layer, d in per.items()}
-           for kind, per in acc.items()}
+    cat = {
+        kind: {layer: {k: torch.cat(v).numpy() for k, v in d.items()} for layer, d in per.items()}
+        for kind, per in acc.items()
+    }
     res = TokenMixingResult(depth=depth)
     res.natural = {k: accuracy_with_ci(cat["natural"][0][k], **ci) for k in ks}
-    res.isolate = {layer: {k: accuracy_with_ci(v, **ci) for k, v in d.items()}
-                   for layer, d in sorted(cat["isolate"].items())}
-    res.drop = {layer: {k: accuracy_with_ci(v, **ci) for k, v in d.items()}
-                for layer, d in sorted(cat["drop"].items())}
+    res.isolate = {
+        layer: {k: accuracy_with_ci(v, **ci) for k, v in d.items()}
+        for layer, d in sorted(cat["isolate"].items())
+    }
+    res.drop = {
+        layer: {k: accuracy_with_ci(v, **ci) for k, v in d.items()}
+        for layer, d in sorted(cat["drop"].items())
+    }
     res.correct = {"natural": cat["natural"][0]}
-    res.correct.update({f"{kind}@{layer}": d for kind in ("isolate", "drop") for layer, d in cat[kind].items()})
+    res.correct.update(
+        {f"{kind}@{layer}": d for kind in ("isolate", "drop") for layer, d in cat[kind].items()}
+    )
     if patch_head:
         hits = {k: torch.cat(v).numpy().astype(np.float64) for k, v in patch_hits.items()}  # (N_img, N)
         n_tok = hits[1].shape[1]

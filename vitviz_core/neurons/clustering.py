@@ -192,17 +192,23 @@ class ClusterScore:
     layer: str
     method: str
     purity: float
-    baseline: float            # majority-class share: purity of a single cluster
-    ari: float                 # adjusted Rand index vs. the mask
-    silhouette_mask: float     # silhouette of the object/background partition (nan if one class)
-    silhouette_pred: float     # silhouette of the predicted clusters (nan if < 2 clusters)
+    baseline: float  # majority-class share: purity of a single cluster
+    ari: float  # adjusted Rand index vs. the mask
+    silhouette_mask: float  # silhouette of the object/background partition (nan if one class)
+    silhouette_pred: float  # silhouette of the predicted clusters (nan if < 2 clusters)
     n_clusters: int
     noise_fraction: float
 
 
-def score_clustering(tokens: np.ndarray | Tensor, labels: np.ndarray | Tensor, pred: np.ndarray,
-                     layer: str = "", method: str = "", normalize: str = "l2",
-                     noise: str = "cluster") -> ClusterScore:
+def score_clustering(
+    tokens: np.ndarray | Tensor,
+    labels: np.ndarray | Tensor,
+    pred: np.ndarray,
+    layer: str = "",
+    method: str = "",
+    normalize: str = "l2",
+    noise: str = "cluster",
+) -> ClusterScore:
     """Purity, chance level, ARI and silhouettes of a clustering ``pred`` of ``tokens (P, C)``."""
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
@@ -213,12 +219,18 @@ def score_clustering(tokens: np.ndarray | Tensor, labels: np.ndarray | Tensor, p
     sil_mask = float(silhouette_score(x, t)) if 1 < len(np.unique(t)) < len(t) else float("nan")
     p_sil = p[p >= 0]
     n_cl = len(np.unique(p_sil))
-    sil_pred = (float(silhouette_score(x[p >= 0], p_sil)) if 1 < n_cl < len(p_sil) else float("nan"))
+    sil_pred = float(silhouette_score(x[p >= 0], p_sil)) if 1 < n_cl < len(p_sil) else float("nan")
     return ClusterScore(
-        layer=layer, method=method, purity=purity(p, t, noise=noise),
-        baseline=float(max(frac, 1 - frac)), ari=float(adjusted_rand_score(t, p)),
-        silhouette_mask=sil_mask, silhouette_pred=sil_pred, n_clusters=int(n_cl),
-        noise_fraction=float((p < 0).mean()))
+        layer=layer,
+        method=method,
+        purity=purity(p, t, noise=noise),
+        baseline=float(max(frac, 1 - frac)),
+        ari=float(adjusted_rand_score(t, p)),
+        silhouette_mask=sil_mask,
+        silhouette_pred=sil_pred,
+        n_clusters=int(n_cl),
+        noise_fraction=float((p < 0).mean()),
+    )
 
 
 def layer_cluster_scores(
@@ -247,12 +259,21 @@ def layer_cluster_scores(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads):
-        return _layer_cluster_scores(tokens, labels, methods, n_clusters, min_samples, normalize, seed,
-                                     skip_single_class)
+        return _layer_cluster_scores(
+            tokens, labels, methods, n_clusters, min_samples, normalize, seed, skip_single_class
+        )
 
 
-def _layer_cluster_scores(tokens: dict[str, Tensor], labels: Tensor, methods: Sequence[str], n_clusters: int,
-                          min_samples: int, normalize: str, seed: int, skip_single_class: bool) -> list[ClusterScore]:
+def _layer_cluster_scores(
+    tokens: dict[str, Tensor],
+    labels: Tensor,
+    methods: Sequence[str],
+    n_clusters: int,
+    min_samples: int,
+    normalize: str,
+    seed: int,
+    skip_single_class: bool,
+) -> list[ClusterScore]:
     scores: list[ClusterScore] = []
     lab = labels.detach().cpu()
     for b in range(lab.shape[0]):
@@ -262,11 +283,19 @@ def _layer_cluster_scores(tokens: dict[str, Tensor], labels: Tensor, methods: Se
         for name, tok in tokens.items():
             x = tok[b].detach().cpu().numpy()  # (P, C)
             if x.shape[0] != t.shape[0]:
-                raise VitvizError(f"layer {name}: {x.shape[0]} tokens but {t.shape[0]} mask labels "
-                                  "(use mask_to_patch_labels with the model's patch grid)")
+                raise VitvizError(
+                    f"layer {name}: {x.shape[0]} tokens but {t.shape[0]} mask labels "
+                    "(use mask_to_patch_labels with the model's patch grid)"
+                )
             for m in methods:
-                pred = cluster_tokens(x, method=m, n_clusters=n_clusters, min_samples=min_samples,
-                                      normalize=normalize, seed=seed)
+                pred = cluster_tokens(
+                    x,
+                    method=m,
+                    n_clusters=n_clusters,
+                    min_samples=min_samples,
+                    normalize=normalize,
+                    seed=seed,
+                )
                 scores.append(score_clustering(x, t, pred, layer=name, method=m, normalize=normalize))
     return scores
 
@@ -285,17 +314,25 @@ def summarize_scores(scores: Sequence[ClusterScore], n_boot: int = 1000, seed: i
         base = np.array([s.baseline for s in ss])
         est = bootstrap_ci(pur, n_boot=n_boot, seed=seed)
         gain = bootstrap_ci(pur - base, n_boot=n_boot, seed=seed)
-        rows.append({
-            "layer": layer, "method": method, "n_images": len(ss),
-            "purity": est.value, "purity_low": est.low, "purity_high": est.high,
-            "baseline": float(base.mean()), "gain": gain.value, "gain_low": gain.low,
-            "gain_high": gain.high,
-            "ari": float(np.nanmean([s.ari for s in ss])),
-            "silhouette_mask": _nanmean([s.silhouette_mask for s in ss]),
-            "silhouette_pred": _nanmean([s.silhouette_pred for s in ss]),
-            "n_clusters": float(np.mean([s.n_clusters for s in ss])),
-            "noise_fraction": float(np.mean([s.noise_fraction for s in ss])),
-        })
+        rows.append(
+            {
+                "layer": layer,
+                "method": method,
+                "n_images": len(ss),
+                "purity": est.value,
+                "purity_low": est.low,
+                "purity_high": est.high,
+                "baseline": float(base.mean()),
+                "gain": gain.value,
+                "gain_low": gain.low,
+                "gain_high": gain.high,
+                "ari": float(np.nanmean([s.ari for s in ss])),
+                "silhouette_mask": _nanmean([s.silhouette_mask for s in ss]),
+                "silhouette_pred": _nanmean([s.silhouette_pred for s in ss]),
+                "n_clusters": float(np.mean([s.n_clusters for s in ss])),
+                "noise_fraction": float(np.mean([s.noise_fraction for s in ss])),
+            }
+        )
     return rows
 
 
@@ -304,8 +341,13 @@ def _nanmean(v: Sequence[float]) -> float:
     return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
 
 
-def embed_2d(tokens: np.ndarray | Tensor, method: str = "pca", seed: int = 0,
-             normalize: str = "l2", perplexity: float = 30.0) -> np.ndarray:
+def embed_2d(
+    tokens: np.ndarray | Tensor,
+    method: str = "pca",
+    seed: int = 0,
+    normalize: str = "l2",
+    perplexity: float = 30.0,
+) -> np.ndarray:
     """2-D embedding ``(N, 2)`` of tokens ``(N, C)`` by ``"pca"`` or ``"tsne"`` (seeded)."""
     x = _prepare(tokens.detach().cpu().numpy() if isinstance(tokens, Tensor) else tokens, normalize)
     if method == "pca":
@@ -320,8 +362,9 @@ def embed_2d(tokens: np.ndarray | Tensor, method: str = "pca", seed: int = 0,
     raise VitvizError(f"unknown embedding {method!r}: use 'pca' or 'tsne'")
 
 
-def salient_components(patch_object: Tensor | np.ndarray, grid: tuple[int, int],
-                       min_patches: int = 4) -> np.ndarray:
+def salient_components(
+    patch_object: Tensor | np.ndarray, grid: tuple[int, int], min_patches: int = 4
+) -> np.ndarray:
     """Connected object regions (4-neighbourhood) of one image's patch labels ``(P,)``:
     ``(P,)`` int, ``-1`` for background and for regions smaller than ``min_patches``, else
     the region's rank by size (0 = largest)."""
@@ -340,9 +383,16 @@ def salient_components(patch_object: Tensor | np.ndarray, grid: tuple[int, int],
     return out
 
 
-def object_pair_scores(tokens: dict[str, Tensor], patch_object: Tensor, grid: tuple[int, int], *,
-                       min_patches: int = 4, normalize: str = "l2", seed: int = 0,
-                       threads: int | None = 1) -> list[ClusterScore]:
+def object_pair_scores(
+    tokens: dict[str, Tensor],
+    patch_object: Tensor,
+    grid: tuple[int, int],
+    *,
+    min_patches: int = 4,
+    normalize: str = "l2",
+    seed: int = 0,
+    threads: int | None = 1,
+) -> list[ClusterScore]:
     """Object-vs-object clustering: for every image with at least two object regions of
     ``min_patches`` patches (:func:`salient_components`), k-means (k = 2) on the patch tokens
     of its two largest regions at every layer, scored against the region labels (purity,
@@ -363,6 +413,7 @@ def object_pair_scores(tokens: dict[str, Tensor], patch_object: Tensor, grid: tu
             for name, tok in tokens.items():
                 x = tok[b].detach().cpu().numpy()[keep]  # (P', C)
                 pred = cluster_tokens(x, method="kmeans", n_clusters=2, normalize=normalize, seed=seed)
-                scores.append(score_clustering(x, t, pred, layer=name, method="kmeans-objects",
-                                               normalize=normalize))
+                scores.append(
+                    score_clustering(x, t, pred, layer=name, method="kmeans-objects", normalize=normalize)
+                )
     return scores

@@ -23,9 +23,18 @@ from vitviz_core.plot.neurons import propagation_figure, stretch
 __all__ = ["global_view_figure", "NeuronExplorer"]
 
 
-def global_view_figure(x01: Tensor, xn: Tensor, weight: Tensor, rollouts: Sequence[Tensor], blocks: Sequence[int],
-                       image: int, neuron: int, token: int, grid: tuple[int, int],
-                       num_prefix_tokens: int = 1) -> Figure:
+def global_view_figure(
+    x01: Tensor,
+    xn: Tensor,
+    weight: Tensor,
+    rollouts: Sequence[Tensor],
+    blocks: Sequence[int],
+    image: int,
+    neuron: int,
+    token: int,
+    grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+) -> Figure:
     """What ``token`` (an index into the full sequence, prefix tokens included) of image
     ``image`` aggregates of neuron ``neuron``'s level-0 views at each of ``blocks``.
 
@@ -35,10 +44,10 @@ def global_view_figure(x01: Tensor, xn: Tensor, weight: Tensor, rollouts: Sequen
         rollouts: one ``(N, L, L)`` attention rollout per block (:func:`propagation.rollout`).
         blocks: the blocks shown, one column each.
     """
-    v = level0.level0_views(xn[image:image + 1], weight, neuron)                   # (1, P, 3, p, p)
-    rs = [rollouts[b][image:image + 1] for b in blocks]                            # len(blocks) x (1, L, L)
-    maps = propagation.token_view_maps(v, rs, token, grid, num_prefix_tokens)[:, 0]   # (len(blocks), 3, H, W)
-    heat = propagation.aggregation_maps(rs, token, grid, num_prefix_tokens)[:, 0]     # (len(blocks), gh, gw)
+    v = level0.level0_views(xn[image : image + 1], weight, neuron)  # (1, P, 3, p, p)
+    rs = [rollouts[b][image : image + 1] for b in blocks]  # len(blocks) x (1, L, L)
+    maps = propagation.token_view_maps(v, rs, token, grid, num_prefix_tokens)[:, 0]  # (len(blocks), 3, H, W)
+    heat = propagation.aggregation_maps(rs, token, grid, num_prefix_tokens)[:, 0]  # (len(blocks), gh, gw)
     return propagation_figure(x01[image], stretch(maps), [f"block {b}" for b in blocks], heat=heat)
 
 
@@ -68,9 +77,17 @@ class NeuronExplorer:
     Rendering needs no forward pass (the rollouts are precomputed), well under a second.
     """
 
-    def __init__(self, x01: Tensor, xn: Tensor, weight: Tensor, rollouts: Sequence[Tensor], blocks: Sequence[int],
-                 grid: tuple[int, int], num_prefix_tokens: int = 1,
-                 default: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+    def __init__(
+        self,
+        x01: Tensor,
+        xn: Tensor,
+        weight: Tensor,
+        rollouts: Sequence[Tensor],
+        blocks: Sequence[int],
+        grid: tuple[int, int],
+        num_prefix_tokens: int = 1,
+        default: tuple[int, int, int, int] = (0, 0, 0, 0),
+    ) -> None:
         self.x01, self.xn, self.weight = x01, xn, weight
         self.rollouts, self.blocks = list(rollouts), list(blocks)
         self.grid, self.npf = tuple(grid), int(num_prefix_tokens)
@@ -79,8 +96,18 @@ class NeuronExplorer:
     def render(self, image: int, neuron: int, row: int, col: int) -> Figure:
         """The global view of the token at (``row``, ``col``) of the patch grid."""
         token = self.npf + int(row) * self.grid[1] + int(col)
-        return global_view_figure(self.x01, self.xn, self.weight, self.rollouts, self.blocks, int(image),
-                                  int(neuron), token, self.grid, self.npf)
+        return global_view_figure(
+            self.x01,
+            self.xn,
+            self.weight,
+            self.rollouts,
+            self.blocks,
+            int(image),
+            int(neuron),
+            token,
+            self.grid,
+            self.npf,
+        )
 
     def default_figure(self) -> Figure:
         """The default selection as a plain figure (what the static book page shows)."""
@@ -102,10 +129,17 @@ class NeuronExplorer:
         controls = [image, neuron, row, col, button]
 
         def on_click(_: Any) -> None:
-            run_into_output(out, lambda: self.render(image.value, neuron.value, row.value, col.value),
-                            status=status, controls=controls, busy="drawing...")
+            run_into_output(
+                out,
+                lambda: self.render(image.value, neuron.value, row.value, col.value),
+                status=status,
+                controls=controls,
+                busy="drawing...",
+            )
 
         button.on_click(on_click)
         box = _explorer_box([_controls(controls), status, out])
-        box.controls = dict(image=image, neuron=neuron, row=row, col=col, button=button, status=status, output=out)
+        box.controls = dict(
+            image=image, neuron=neuron, row=row, col=col, button=button, status=status, output=out
+        )
         return box

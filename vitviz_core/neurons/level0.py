@@ -53,6 +53,7 @@ __all__ = [
 # The patch-embedding convolution
 # --------------------------------------------------------------------------------------
 
+
 def patch_embedding(model: Any) -> tuple[Tensor, Tensor | None, int]:
     """``(weight (C, 3, p, p), bias (C,) or None, patch size p)`` of a timm ViT.
 
@@ -65,12 +66,14 @@ def patch_embedding(model: Any) -> tuple[Tensor, Tensor | None, int]:
     if not isinstance(proj, nn.Conv2d):
         raise HookError(
             f"{type(module).__name__} has no patch_embed.proj Conv2d: level-0 views need a "
-            "timm VisionTransformer-style model (e.g. vit_tiny_patch16_224)")
+            "timm VisionTransformer-style model (e.g. vit_tiny_patch16_224)"
+        )
     kh, kw = proj.kernel_size
     if kh != kw or tuple(proj.stride) != (kh, kw):
         raise HookError(
             f"patch_embed.proj has kernel {proj.kernel_size} and stride {proj.stride}: level-0 "
-            "views need square, non-overlapping patches (stride == kernel)")
+            "views need square, non-overlapping patches (stride == kernel)"
+        )
     weight = proj.weight.detach()  # (C, 3, p, p)
     bias = proj.bias.detach() if proj.bias is not None else None  # (C,)
     return weight, bias, int(kh)
@@ -96,8 +99,10 @@ def extract_patches(x: Tensor, patch_size: int) -> Tensor:
     b, c, h, w = xb.shape
     p = int(patch_size)
     if h % p or w % p:
-        raise VitvizError(f"image size {h}x{w} is not a multiple of the patch size {p}: "
-                          "resize or crop the image to the model's input size first")
+        raise VitvizError(
+            f"image size {h}x{w} is not a multiple of the patch size {p}: "
+            "resize or crop the image to the model's input size first"
+        )
     cols = F.unfold(xb, kernel_size=p, stride=p)  # (B, C*p*p, P)
     patches = cols.transpose(1, 2).reshape(b, -1, c, p, p)  # (B, P, C, p, p)
     return patches[0] if single else patches
@@ -168,16 +173,17 @@ def neuron_responses(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> T
 # What kind of filter is it? Colour, flat, edge, texture
 # --------------------------------------------------------------------------------------
 
+
 @dataclass
 class FilterStats:
     """Per-filter descriptors (all arrays of shape ``(C,)``)."""
 
-    colour_fraction: np.ndarray     # energy off the gray axis / total energy, in [0, 1]
-    dc_fraction: np.ndarray         # energy at zero spatial frequency / total energy
-    mean_frequency: np.ndarray      # power-weighted mean radial frequency, cycles/pixel (Nyquist 0.5)
-    orientation: np.ndarray         # dominant orientation of the gradient, radians in [0, pi)
-    coherence: np.ndarray           # orientation coherence in [0, 1] (1 = a single orientation)
-    norm: np.ndarray                # L2 norm of the filter
+    colour_fraction: np.ndarray  # energy off the gray axis / total energy, in [0, 1]
+    dc_fraction: np.ndarray  # energy at zero spatial frequency / total energy
+    mean_frequency: np.ndarray  # power-weighted mean radial frequency, cycles/pixel (Nyquist 0.5)
+    orientation: np.ndarray  # dominant orientation of the gradient, radians in [0, pi)
+    coherence: np.ndarray  # orientation coherence in [0, 1] (1 = a single orientation)
+    norm: np.ndarray  # L2 norm of the filter
     labels: list[str] = field(default_factory=list)  # "colour" | "flat" | "edge" | "texture"
 
     def counts(self) -> dict[str, int]:
@@ -247,11 +253,19 @@ def filter_stats(
         else:
             labels.append("edge")
     return FilterStats(
-        colour_fraction=colour.numpy(), dc_fraction=dc.numpy(), mean_frequency=mean_freq.numpy(),
-        orientation=orient.numpy(), coherence=coh.numpy(), norm=total.sqrt().numpy(), labels=labels)
+        colour_fraction=colour.numpy(),
+        dc_fraction=dc.numpy(),
+        mean_frequency=mean_freq.numpy(),
+        orientation=orient.numpy(),
+        coherence=coh.numpy(),
+        norm=total.sqrt().numpy(),
+        labels=labels,
+    )
 
 
-def classify_filters(weight: Tensor, std: Sequence[float] | Tensor | None = None, **thresholds: float) -> list[str]:
+def classify_filters(
+    weight: Tensor, std: Sequence[float] | Tensor | None = None, **thresholds: float
+) -> list[str]:
     """Labels ``"colour" | "flat" | "edge" | "texture"`` per filter (see :func:`filter_stats`)."""
     return filter_stats(weight, std=std, **thresholds).labels
 
@@ -259,6 +273,7 @@ def classify_filters(weight: Tensor, std: Sequence[float] | Tensor | None = None
 # --------------------------------------------------------------------------------------
 # Which neurons respond to colour, edges, texture on real images?
 # --------------------------------------------------------------------------------------
+
 
 def patch_descriptors(x01: Tensor, patch_size: int) -> dict[str, Tensor]:
     """Simple per-patch image statistics, ``{name: (B, P)}``, from pixels in [0, 1].
@@ -281,8 +296,12 @@ def patch_descriptors(x01: Tensor, patch_size: int) -> dict[str, Tensor]:
     def pool(m: Tensor) -> Tensor:
         return F.avg_pool2d(m, p, stride=p).flatten(1)  # (B, P)
 
-    return {"colourfulness": pool(chroma), "edges": pool(grad), "texture": pool(high),
-            "brightness": pool(lum)}
+    return {
+        "colourfulness": pool(chroma),
+        "edges": pool(grad),
+        "texture": pool(high),
+        "brightness": pool(lum),
+    }
 
 
 def _rank(a: np.ndarray) -> np.ndarray:
@@ -291,8 +310,9 @@ def _rank(a: np.ndarray) -> np.ndarray:
     return rankdata(a, axis=0)  # average ranks along axis 0
 
 
-def descriptor_correlations(responses: Tensor, descriptors: dict[str, Tensor],
-                            absolute: bool = True) -> dict[str, np.ndarray]:
+def descriptor_correlations(
+    responses: Tensor, descriptors: dict[str, Tensor], absolute: bool = True
+) -> dict[str, np.ndarray]:
     """Spearman correlation of every neuron's response with each patch descriptor.
 
     Args:
@@ -321,6 +341,7 @@ def descriptor_correlations(responses: Tensor, descriptors: dict[str, Tensor],
 # --------------------------------------------------------------------------------------
 # Do level-0 embeddings carry semantics? Linear probes on mean-pooled patch tokens
 # --------------------------------------------------------------------------------------
+
 
 def pooled_token_features(
     model: Any,
@@ -366,8 +387,15 @@ ProbeResult = _ProbeResult
 
 
 def linear_probe(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-    feature: str = "", C: float = 1.0, max_iter: int = 300, n_boot: int = 1000, seed: int = 0,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    feature: str = "",
+    C: float = 1.0,
+    max_iter: int = 300,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> ProbeResult:
     """Fit a multinomial logistic regression on standardized features; score held-out images.
 
@@ -387,17 +415,39 @@ def linear_probe(
     tr_y = torch.as_tensor(np.asarray(train_y)).long()
     te_y = torch.as_tensor(np.asarray(test_y)).long()
     num_classes = int(max(tr_y.max(), te_y.max())) + 1
-    probe = fit_linear_probe(torch.as_tensor(np.asarray(train_x)), tr_y, num_classes=num_classes,
-                             method="logistic", C=C, max_iter=max_iter, seed=seed)
-    return probe_accuracy(probe, torch.as_tensor(np.asarray(test_x)), te_y, n_boot=n_boot, seed=seed,
-                          feature=feature, n_train=int(len(train_x)),
-                          n_train_classes=int(torch.unique(tr_y).numel()),
-                          seconds=time.perf_counter() - t0)
+    probe = fit_linear_probe(
+        torch.as_tensor(np.asarray(train_x)),
+        tr_y,
+        num_classes=num_classes,
+        method="logistic",
+        C=C,
+        max_iter=max_iter,
+        seed=seed,
+    )
+    return probe_accuracy(
+        probe,
+        torch.as_tensor(np.asarray(test_x)),
+        te_y,
+        n_boot=n_boot,
+        seed=seed,
+        feature=feature,
+        n_train=int(len(train_x)),
+        n_train_classes=int(torch.unique(tr_y).numel()),
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def probe_hooks(
-    model: Any, train_batches: Iterable, test_batches: Iterable, hook_names: Sequence[str], *,
-    C: float = 0.1, max_iter: int = 300, n_boot: int = 1000, seed: int = 0, progress: bool = False,
+    model: Any,
+    train_batches: Iterable,
+    test_batches: Iterable,
+    hook_names: Sequence[str],
+    *,
+    C: float = 0.1,
+    max_iter: int = 300,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
 ) -> list[ProbeResult]:
     """:func:`linear_probe` on the mean-pooled tokens (ViT) or feature maps (CNN) of each of
     ``hook_names``, features taken in one pass per split: one :class:`ProbeResult` per hook.
@@ -408,8 +458,16 @@ def probe_hooks(
     """
     from threadpoolctl import threadpool_limits
 
-    tr_x, tr_y = pooled_token_features(model, train_batches, hook_names, progress=progress, desc="train features")
-    te_x, te_y = pooled_token_features(model, test_batches, hook_names, progress=progress, desc="test features")
+    tr_x, tr_y = pooled_token_features(
+        model, train_batches, hook_names, progress=progress, desc="train features"
+    )
+    te_x, te_y = pooled_token_features(
+        model, test_batches, hook_names, progress=progress, desc="test features"
+    )
     with threadpool_limits(limits=1):  # small problems: one BLAS thread is several times faster
-        return [linear_probe(tr_x[n], tr_y, te_x[n], te_y, feature=n, C=C, max_iter=max_iter,
-                             n_boot=n_boot, seed=seed) for n in hook_names]
+        return [
+            linear_probe(
+                tr_x[n], tr_y, te_x[n], te_y, feature=n, C=C, max_iter=max_iter, n_boot=n_boot, seed=seed
+            )
+            for n in hook_names
+        ]

@@ -138,25 +138,33 @@ def propagate_tokens(values: Tensor, weights: Tensor) -> Tensor:
         weights = weights.unsqueeze(0).expand(values.shape[0], -1, -1)
     b, p = values.shape[:2]
     if weights.shape[0] != b or weights.shape[-1] != p:
-        raise VitvizError(f"weights {tuple(weights.shape)} do not match values {tuple(values.shape)} "
-                          "(need (B, L, P) with the same B and P)")
+        raise VitvizError(
+            f"weights {tuple(weights.shape)} do not match values {tuple(values.shape)} "
+            "(need (B, L, P) with the same B and P)"
+        )
     flat = values.reshape(b, p, -1).to(weights.dtype)  # (B, P, F)
     return (weights @ flat).reshape(b, weights.shape[1], *values.shape[2:])
 
 
-def propagate_views(views: Tensor, rollouts: Sequence[Tensor], num_prefix_tokens: int = 1,
-                    renormalize: bool = True) -> list[Tensor]:
+def propagate_views(
+    views: Tensor, rollouts: Sequence[Tensor], num_prefix_tokens: int = 1, renormalize: bool = True
+) -> list[Tensor]:
     """Level-0 views carried to every layer: ``[(B, L, *F)]`` per rollout.
 
     With identity attention every rollout is the identity and patch tokens keep exactly
     their own view (prefix tokens get a zero view when ``renormalize`` is False).
     """
-    return [propagate_tokens(views, patch_rollout(r, num_prefix_tokens, renormalize)[0])
-            for r in rollouts]
+    return [propagate_tokens(views, patch_rollout(r, num_prefix_tokens, renormalize)[0]) for r in rollouts]
 
 
-def token_view_maps(views: Tensor, rollouts: Sequence[Tensor], token: int, grid: tuple[int, int],
-                    num_prefix_tokens: int = 1, renormalize: bool = True) -> Tensor:
+def token_view_maps(
+    views: Tensor,
+    rollouts: Sequence[Tensor],
+    token: int,
+    grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    renormalize: bool = True,
+) -> Tensor:
     """What one token aggregates, per layer, as an image: every patch's level-0 view placed
     at its own position and weighted by the token's rollout weight on it.
 
@@ -181,8 +189,13 @@ def token_view_maps(views: Tensor, rollouts: Sequence[Tensor], token: int, grid:
     return torch.stack(maps)
 
 
-def aggregation_maps(rollouts: Sequence[Tensor], token: int, grid: tuple[int, int],
-                     num_prefix_tokens: int = 1, renormalize: bool = True) -> Tensor:
+def aggregation_maps(
+    rollouts: Sequence[Tensor],
+    token: int,
+    grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    renormalize: bool = True,
+) -> Tensor:
     """Per-layer heat maps of one token's rollout weights over the patch grid: ``(n_layers, B, gh, gw)``."""
     out = []
     for r in rollouts:
@@ -191,8 +204,9 @@ def aggregation_maps(rollouts: Sequence[Tensor], token: int, grid: tuple[int, in
     return torch.stack(out)
 
 
-def mean_aggregation_distance(rollouts: Sequence[Tensor], grid: tuple[int, int],
-                              num_prefix_tokens: int = 1) -> Tensor:
+def mean_aggregation_distance(
+    rollouts: Sequence[Tensor], grid: tuple[int, int], num_prefix_tokens: int = 1
+) -> Tensor:
     """Rollout-weighted mean distance (in patches) from each patch token to the patches it
     aggregates, averaged over patch tokens and images: ``(n_layers,)``. Grows with depth as
     tokens integrate more of the image (0 for identity attention)."""

@@ -60,9 +60,13 @@ def _indices(b: int, indices: Tensor | Sequence[int] | None) -> list[int]:
     return idx
 
 
-def shuffle_patches(x: Tensor, grid: int | tuple[int, int], seed: int = 0,
-                    indices: Tensor | Sequence[int] | None = None,
-                    return_permutation: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def shuffle_patches(
+    x: Tensor,
+    grid: int | tuple[int, int],
+    seed: int = 0,
+    indices: Tensor | Sequence[int] | None = None,
+    return_permutation: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Permute ``g x g`` tiles of each image (seeded per image).
 
     Args:
@@ -80,11 +84,14 @@ def shuffle_patches(x: Tensor, grid: int | tuple[int, int], seed: int = 0,
     if gh < 1 or gw < 1:
         raise VitvizError(f"shuffle grid must be >= 1, got {gh}x{gw}")
     if h % gh or w % gw:
-        raise VitvizError(f"a {h}x{w} image cannot be split into {gh}x{gw} equal tiles: "
-                          f"use a grid that divides the size (e.g. 1, 2, 4, 7, 8, 14, 16 for 224)")
+        raise VitvizError(
+            f"a {h}x{w} image cannot be split into {gh}x{gw} equal tiles: "
+            f"use a grid that divides the size (e.g. 1, 2, 4, 7, 8, 14, 16 for 224)"
+        )
     th, tw = h // gh, w // gw
-    perms = torch.stack([torch.randperm(gh * gw, generator=image_generator(seed, i))
-                         for i in _indices(b, indices)])  # (B, T)
+    perms = torch.stack(
+        [torch.randperm(gh * gw, generator=image_generator(seed, i)) for i in _indices(b, indices)]
+    )  # (B, T)
     if th == tw:
         tiles = extract_patches(x, th)  # (B, T, C, th, tw)
     else:
@@ -153,8 +160,9 @@ def occlude(x: Tensor, mask: Tensor, fill: Fill = "black") -> Tensor:
     return torch.where(m, fill_image(x, fill), x)
 
 
-def foreground_saliency(foreground_model: Callable[[Tensor], Tensor], x01: Tensor,
-                        grid: tuple[int, int]) -> Tensor:
+def foreground_saliency(
+    foreground_model: Callable[[Tensor], Tensor], x01: Tensor, grid: tuple[int, int]
+) -> Tensor:
     """Foreground probability averaged over each grid cell: ``(B, gh, gw)``.
 
     Args:
@@ -166,8 +174,9 @@ def foreground_saliency(foreground_model: Callable[[Tensor], Tensor], x01: Tenso
     return F.adaptive_avg_pool2d(fg.float(), grid)[:, 0]
 
 
-def cls_attention_saliency(model: Any, x: Tensor, layer: int = -1, use_rollout: bool = False,
-                           residual_weight: float = 0.5) -> Tensor:
+def cls_attention_saliency(
+    model: Any, x: Tensor, layer: int = -1, use_rollout: bool = False, residual_weight: float = 0.5
+) -> Tensor:
     """The ViT's own saliency: CLS-token attention to each patch, averaged over heads,
     at one block (or the rollout through all blocks): ``(B, gh, gw)``.
 
@@ -187,7 +196,7 @@ def cls_attention_saliency(model: Any, x: Tensor, layer: int = -1, use_rollout: 
     p = row.shape[-1]
     grid = tuple(getattr(getattr(module, "patch_embed", None), "grid_size", ()) or ())
     if len(grid) != 2 or grid[0] * grid[1] != p:
-        side = int(round(p ** 0.5))
+        side = int(round(p**0.5))
         if side * side != p:
             raise VitvizError(f"cannot infer the patch grid of {p} tokens; pass a square image")
         grid = (side, side)
@@ -197,6 +206,7 @@ def cls_attention_saliency(model: Any, x: Tensor, layer: int = -1, use_rollout: 
 # --------------------------------------------------------------------------------------
 # Sweeps
 # --------------------------------------------------------------------------------------
+
 
 def robustness_sweep(
     models: Mapping[str, Any],
@@ -248,12 +258,15 @@ def robustness_sweep(
         masks: dict[tuple[str, float], Tensor] = {}
         for mode, r, f in occlusions:
             if (mode, r) not in masks:
-                masks[mode, r] = occlusion_mask(x.shape[0], occlusion_grid, r, mode, sal, seed=seed, indices=idx)
+                masks[mode, r] = occlusion_mask(
+                    x.shape[0], occlusion_grid, r, mode, sal, seed=seed, indices=idx
+                )
             out[f"occlude-{mode}-{r:g}-{fill_name(f)}"] = occlude(x, masks[mode, r], f)
         return out
 
-    res = evaluate_variants_many(models, loader, variants, ks=ks, device=device, progress=progress,
-                                 desc="robustness")
+    res = evaluate_variants_many(
+        models, loader, variants, ks=ks, device=device, progress=progress, desc="robustness"
+    )
     if 1 in shuffle_grids:
         res.variants.insert(1, "shuffle-g1")
         for corr in res.by_model.values():
@@ -274,10 +287,23 @@ def summarize_sweep(result: SweepResult, k: int = 1, n_boot: int = 1000, seed: i
             kind, mode, param = "clean", "", 0.0
             fill = ""
             if v.startswith("shuffle-g"):
-                kind, param = "shuffle", float(v[len("shuffle-g"):])
+                kind, param = "shuffle", float(v[len("shuffle-g") :])
             elif v.startswith("occlude-"):
                 _, mode, r, fill = v.split("-", 3)
                 kind, param = "occlude", float(r)
-            rows.append({"model": model, "variant": v, "kind": kind, "mode": mode, "fill": fill, "param": param,
-                         "k": k, "acc": est.value, "low": est.low, "high": est.high, "n": est.n})
+            rows.append(
+                {
+                    "model": model,
+                    "variant": v,
+                    "kind": kind,
+                    "mode": mode,
+                    "fill": fill,
+                    "param": param,
+                    "k": k,
+                    "acc": est.value,
+                    "low": est.low,
+                    "high": est.high,
+                    "n": est.n,
+                }
+            )
     return rows

@@ -22,12 +22,20 @@ from matplotlib.figure import Figure
 
 from vitviz_core.plot.images import image_array, upsample
 
-__all__ = ["overlay_activation", "exemplar_grid", "patch_accuracy_heatmap", "accuracy_curves",
-           "frequency_curves", "join_layer_curves", "masking_bars"]
+__all__ = [
+    "overlay_activation",
+    "exemplar_grid",
+    "patch_accuracy_heatmap",
+    "accuracy_curves",
+    "frequency_curves",
+    "join_layer_curves",
+    "masking_bars",
+]
 
 
-def _draw_overlay(ax: Any, image: Any, amap: Any, alpha: float, cmap: str,
-                  vmin: float | None, vmax: float | None) -> Any:
+def _draw_overlay(
+    ax: Any, image: Any, amap: Any, alpha: float, cmap: str, vmin: float | None, vmax: float | None
+) -> Any:
     img = image_array(image)
     m = upsample(amap, img.shape[:2])
     ax.imshow(img, interpolation="bilinear")
@@ -36,10 +44,18 @@ def _draw_overlay(ax: Any, image: Any, amap: Any, alpha: float, cmap: str,
     return im
 
 
-def overlay_activation(image: Any, amap: Any, *, alpha: float = 0.5, cmap: str = "inferno",
-                       title: str | None = None, colorbar: bool = True,
-                       vmin: float | None = None, vmax: float | None = None,
-                       size_inches: float = 3.2) -> Figure:
+def overlay_activation(
+    image: Any,
+    amap: Any,
+    *,
+    alpha: float = 0.5,
+    cmap: str = "inferno",
+    title: str | None = None,
+    colorbar: bool = True,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    size_inches: float = 3.2,
+) -> Figure:
     """One image with its activation map ``(h, w)`` (any grid; upsampled bilinearly)."""
     fig = Figure(figsize=(size_inches * (1.25 if colorbar else 1.0), size_inches))
     ax = fig.add_subplot(1, 1, 1)
@@ -61,10 +77,21 @@ def _square_view(img: Any, size: int) -> Any:
     return img.resize((size, size), Image.BICUBIC)
 
 
-def exemplar_grid(result: Any, hook: str, feature: int, stat: str = "mean", *, n: int | None = None,
-                  transform: Callable[[Any], torch.Tensor] | None = None, overlay: bool = True,
-                  alpha: float = 0.5, cmap: str = "inferno", ncols: int | None = None,
-                  cell_inches: float = 1.8, class_names: Sequence[str] | None = None) -> Figure:
+def exemplar_grid(
+    result: Any,
+    hook: str,
+    feature: int,
+    stat: str = "mean",
+    *,
+    n: int | None = None,
+    transform: Callable[[Any], torch.Tensor] | None = None,
+    overlay: bool = True,
+    alpha: float = 0.5,
+    cmap: str = "inferno",
+    ncols: int | None = None,
+    cell_inches: float = 1.8,
+    class_names: Sequence[str] | None = None,
+) -> Figure:
     """Top images of one feature from an :class:`~vitviz_core.evaluate.exemplars.ExemplarResult`,
     with their activation maps overlaid. ``transform`` (e.g. ``model.pixel_transform()``)
     reproduces the model's view so the map lines up; default: centre square crop."""
@@ -96,9 +123,15 @@ def exemplar_grid(result: Any, hook: str, feature: int, stat: str = "mean", *, n
     return fig
 
 
-def patch_accuracy_heatmap(result_or_map: Any, k: int = 1, *, cmap: str = "viridis",
-                           title: str | None = None, annotate: bool = False,
-                           size_inches: float = 4.0) -> Figure:
+def patch_accuracy_heatmap(
+    result_or_map: Any,
+    k: int = 1,
+    *,
+    cmap: str = "viridis",
+    title: str | None = None,
+    annotate: bool = False,
+    size_inches: float = 4.0,
+) -> Figure:
     """Per-patch accuracy of the classifier head on each patch token (Fig. 7).
     Takes a :class:`TokenMixingResult` (uses ``patch_map[k]``) or an ``(H, W)`` array."""
     amap = result_or_map.patch_map[k] if hasattr(result_or_map, "patch_map") else result_or_map
@@ -120,10 +153,17 @@ def patch_accuracy_heatmap(result_or_map: Any, k: int = 1, *, cmap: str = "virid
     return fig
 
 
-def accuracy_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[Any]]], *,
-                    xlabel: str = "", ylabel: str = "top-1 accuracy (%)", title: str | None = None,
-                    logx: bool = False, xticklabels: Sequence[str] | None = None,
-                    hlines: Mapping[str, float] | None = None, size: tuple[float, float] = (5.5, 3.6)) -> Figure:
+def accuracy_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[Any]]],
+    *,
+    xlabel: str = "",
+    ylabel: str = "top-1 accuracy (%)",
+    title: str | None = None,
+    logx: bool = False,
+    xticklabels: Sequence[str] | None = None,
+    hlines: Mapping[str, float] | None = None,
+    size: tuple[float, float] = (5.5, 3.6),
+) -> Figure:
     """Lines with 95 % CI bands: ``{label: (xs, [Estimate, ...])}`` (values in percent)."""
     fig = Figure(figsize=size)
     ax = fig.add_subplot(1, 1, 1)
@@ -187,8 +227,13 @@ def join_layer_curves(result: Any, k: int = 1, **kwargs: Any) -> Figure:
     return accuracy_curves(curves, hlines=hl, **kwargs)
 
 
-def masking_bars(results: Mapping[str, Any], metric: str = "top5", *, title: str | None = None,
-                 size: tuple[float, float] = (5.5, 3.4)) -> Figure:
+def masking_bars(
+    results: Mapping[str, Any],
+    metric: str = "top5",
+    *,
+    title: str | None = None,
+    size: tuple[float, float] = (5.5, 3.4),
+) -> Figure:
     """Grouped bars per model: ``metric`` = ``"top1"``, ``"top5"`` (full / fg / bg) or
     ``"normalized_top5"`` (fg / bg relative to full), with 95 % CI error bars."""
     names = list(results)
@@ -202,8 +247,14 @@ def masking_bars(results: Mapping[str, Any], metric: str = "top5", *, title: str
         ests = [getattr(results[n], metric)[cond] for n in names]
         v = 100 * np.array([e.value for e in ests])
         err = 100 * np.array([[e.value - e.low for e in ests], [e.high - e.value for e in ests]])
-        ax.bar(x + (j - (len(conds) - 1) / 2) * width, v, width, yerr=np.clip(err, 0, None),
-               capsize=3, label=cond)
+        ax.bar(
+            x + (j - (len(conds) - 1) / 2) * width,
+            v,
+            width,
+            yerr=np.clip(err, 0, None),
+            capsize=3,
+            label=cond,
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(names)
     ax.set_ylabel({"normalized_top5": "top-5 / full-image top-5 (%)"}.get(metric, f"{metric} (%)"))

@@ -63,7 +63,7 @@ def stretch(maps: torch.Tensor, q: float = 0.99) -> torch.Tensor:
     """Display only: scale each signed map of ``maps`` ``(K, ...)`` so that the ``q``-quantile
     of its ``|value|`` is 1, clipped to [-1, 1] (a few extreme pixels would otherwise turn the
     rest gray)."""
-    s = torch.quantile(maps.abs().flatten(1).float(), q, dim=1).clamp_min(1e-12)   # (K,)
+    s = torch.quantile(maps.abs().flatten(1).float(), q, dim=1).clamp_min(1e-12)  # (K,)
     return (maps / s.view(-1, *[1] * (maps.dim() - 1))).clamp(-1, 1)
 
 
@@ -86,9 +86,15 @@ def _grid(n: int, ncols: int | None, max_cols: int = 8) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
-def level0_views_figure(image01: Any, view_maps: Any, neurons: Sequence[int], *,
-                        labels: Sequence[str] | None = None, cell_inches: float = 1.8,
-                        ncols: int | None = None) -> Figure:
+def level0_views_figure(
+    image01: Any,
+    view_maps: Any,
+    neurons: Sequence[int],
+    *,
+    labels: Sequence[str] | None = None,
+    cell_inches: float = 1.8,
+    ncols: int | None = None,
+) -> Figure:
     """The input image followed by one stitched level-0 view per neuron.
 
     Args:
@@ -114,8 +120,14 @@ def level0_views_figure(image01: Any, view_maps: Any, neurons: Sequence[int], *,
     return fig
 
 
-def filters_figure(weight: Any, labels: Sequence[str] | None = None, neurons: Sequence[int] | None = None, *,
-                   ncols: int = 16, cell_inches: float = 0.7) -> Figure:
+def filters_figure(
+    weight: Any,
+    labels: Sequence[str] | None = None,
+    neurons: Sequence[int] | None = None,
+    *,
+    ncols: int = 16,
+    cell_inches: float = 0.7,
+) -> Figure:
     """Patch-embedding filters ``(C, 3, p, p)`` (each on its own symmetric scale), titled by class."""
     w = _np(weight)
     idx = list(range(w.shape[0])) if neurons is None else list(neurons)
@@ -128,8 +140,9 @@ def filters_figure(weight: Any, labels: Sequence[str] | None = None, neurons: Se
             c = idx[i]
             ax.imshow(signed_to_rgb(w[c]), interpolation="nearest")
             if labels is not None:
-                ax.set_title(f"{c}:{labels[c][:3]}", fontsize=5, pad=1,
-                             color=LABEL_COLOURS.get(labels[c], "black"))
+                ax.set_title(
+                    f"{c}:{labels[c][:3]}", fontsize=5, pad=1, color=LABEL_COLOURS.get(labels[c], "black")
+                )
     fig.tight_layout(pad=0.2)
     return fig
 
@@ -142,8 +155,14 @@ def filter_stats_figure(stats: Any) -> Figure:
     for lab, col in LABEL_COLOURS.items():
         sel = labels == lab
         if sel.any():
-            ax.scatter(stats.mean_frequency[sel], stats.colour_fraction[sel], s=14, c=col,
-                       label=f"{lab} ({int(sel.sum())})", alpha=0.8)
+            ax.scatter(
+                stats.mean_frequency[sel],
+                stats.colour_fraction[sel],
+                s=14,
+                c=col,
+                label=f"{lab} ({int(sel.sum())})",
+                alpha=0.8,
+            )
     ax.set_xlabel("mean spatial frequency (cycles / pixel)")
     ax.set_ylabel("colour share of filter energy")
     ax.legend(fontsize=8, frameon=False)
@@ -151,8 +170,13 @@ def filter_stats_figure(stats: Any) -> Figure:
     return fig
 
 
-def probe_figure(results: Sequence[Any], names: Sequence[str] | None = None, *,
-                 title: str | None = None, extra: Sequence[tuple[str, Any]] = ()) -> Figure:
+def probe_figure(
+    results: Sequence[Any],
+    names: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    extra: Sequence[tuple[str, Any]] = (),
+) -> Figure:
     """Top-1 (and top-5) linear-probe accuracy per feature with 95 % intervals.
 
     Args:
@@ -166,15 +190,24 @@ def probe_figure(results: Sequence[Any], names: Sequence[str] | None = None, *,
     x = np.arange(len(results))
     xe = np.arange(len(results), n) + 0.5
     for key, col in (("top1", "tab:blue"), ("top5", "tab:orange")):
-        for xs, rs, style in ((x, list(results), dict(marker="o")),
-                              (xe, [r for _, r in extra], dict(marker="s", ls="none"))):
+        for xs, rs, style in (
+            (x, list(results), dict(marker="o")),
+            (xe, [r for _, r in extra], dict(marker="s", ls="none")),
+        ):
             if not rs:
                 continue
             est = [getattr(r, key) for r in rs]
             v = np.array([100 * e.value for e in est])
             err = np.array([[100 * (e.value - e.low) for e in est], [100 * (e.high - e.value) for e in est]])
-            ax.errorbar(xs, v, yerr=err, capsize=3, color=col,
-                        label=key.replace("top", "top-") if style["marker"] == "o" else None, **style)
+            ax.errorbar(
+                xs,
+                v,
+                yerr=err,
+                capsize=3,
+                color=col,
+                label=key.replace("top", "top-") if style["marker"] == "o" else None,
+                **style,
+            )
     if extra:
         ax.axvline(len(results) - 0.25, color="0.6", ls="--", lw=1)
     labels = list(names or [r.feature for r in results]) + [lab for lab, _ in extra]
@@ -188,8 +221,9 @@ def probe_figure(results: Sequence[Any], names: Sequence[str] | None = None, *,
     return fig
 
 
-def propagation_figure(image01: Any, maps: Any, layer_names: Sequence[str], *,
-                       heat: Any | None = None, cell_inches: float = 1.6) -> Figure:
+def propagation_figure(
+    image01: Any, maps: Any, layer_names: Sequence[str], *, heat: Any | None = None, cell_inches: float = 1.6
+) -> Figure:
     """What one token aggregates: the image, then per layer the weighted view map
     ``(n_layers, 3, H, W)`` (shared symmetric scale) and, optionally, the rollout heat map
     ``(n_layers, gh, gw)`` underneath."""
@@ -214,8 +248,13 @@ def propagation_figure(image01: Any, maps: Any, layer_names: Sequence[str], *,
     return fig
 
 
-def purity_figure(rows: Sequence[Mapping[str, Any]], layer_names: Sequence[str] | None = None, *,
-                  metric: str = "purity", title: str | None = None) -> Figure:
+def purity_figure(
+    rows: Sequence[Mapping[str, Any]],
+    layer_names: Sequence[str] | None = None,
+    *,
+    metric: str = "purity",
+    title: str | None = None,
+) -> Figure:
     """Purity (with 95 % CI band) vs. depth for each (model, method), the chance level dashed.
 
     Args:
@@ -233,14 +272,26 @@ def purity_figure(rows: Sequence[Mapping[str, Any]], layer_names: Sequence[str] 
         lab = f"{model} {method}".strip()
         line = ax.plot(x, v, marker="o", label=lab)[0]
         if f"{metric}_low" in rs[0]:
-            ax.fill_between(x, [r[f"{metric}_low"] for r in rs], [r[f"{metric}_high"] for r in rs],
-                            color=line.get_color(), alpha=0.2)
+            ax.fill_between(
+                x,
+                [r[f"{metric}_low"] for r in rs],
+                [r[f"{metric}_high"] for r in rs],
+                color=line.get_color(),
+                alpha=0.2,
+            )
         if metric == "purity" and method == list(groups)[0][1]:
-            ax.plot(x, [r["baseline"] for r in rs], ls="--", color=line.get_color(), alpha=0.6,
-                    label=f"{model} chance (majority share)".strip())
+            ax.plot(
+                x,
+                [r["baseline"] for r in rs],
+                ls="--",
+                color=line.get_color(),
+                alpha=0.6,
+                label=f"{model} chance (majority share)".strip(),
+            )
     first = next(iter(groups.values()))
-    names = layer_names or [str(r["layer"]).replace(".hook_resid_post", "").replace("blocks.", "b")
-                            for r in first]
+    names = layer_names or [
+        str(r["layer"]).replace(".hook_resid_post", "").replace("blocks.", "b") for r in first
+    ]
     ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.legend(fontsize=7, frameon=False)
@@ -250,8 +301,14 @@ def purity_figure(rows: Sequence[Mapping[str, Any]], layer_names: Sequence[str] 
     return fig
 
 
-def embeddings_figure(embeddings: Sequence[Any], labels: Any, titles: Sequence[str], *,
-                      cell_inches: float = 2.0, ncols: int | None = None) -> Figure:
+def embeddings_figure(
+    embeddings: Sequence[Any],
+    labels: Any,
+    titles: Sequence[str],
+    *,
+    cell_inches: float = 2.0,
+    ncols: int | None = None,
+) -> Figure:
     """2-D embeddings ``[(N, 2)]`` per layer, object (orange) vs. background (blue)."""
     lab = _np(labels).astype(bool).reshape(-1)
     nrows, ncols = _grid(len(embeddings), ncols, max_cols=7)
@@ -289,7 +346,9 @@ def robustness_figure(rows: Sequence[Mapping[str, Any]], *, title: str | None = 
         rs = sorted(rs, key=lambda r: r["param"])
         x = [r["param"] for r in rs]
         v = np.array([100 * r["acc"] for r in rs])
-        err = np.array([[100 * (r["acc"] - r["low"]) for r in rs], [100 * (r["high"] - r["acc"]) for r in rs]])
+        err = np.array(
+            [[100 * (r["acc"] - r["low"]) for r in rs], [100 * (r["high"] - r["acc"]) for r in rs]]
+        )
         kw.setdefault("marker", "o")
         ax.errorbar(x, v, yerr=err, ms=3, capsize=2, **kw)
 
@@ -302,10 +361,18 @@ def robustness_figure(rows: Sequence[Mapping[str, Any]], *, title: str | None = 
         settings = dict.fromkeys((r["mode"], r.get("fill", "")) for r in mine if r["kind"] == "occlude")
         markers = {f: mk for f, mk in zip(dict.fromkeys(f for _, f in settings), "osD^v")}
         for mode, fill in settings:
-            occ = [r for r in mine if r["kind"] == "occlude" and r["mode"] == mode and r.get("fill", "") == fill]
+            occ = [
+                r for r in mine if r["kind"] == "occlude" and r["mode"] == mode and r.get("fill", "") == fill
+            ]
             occ = [{**c, "param": 0.0} for c in clean] + occ
-            curve(ax_o, occ, color=colours[m], ls=styles.get(mode, "-"), marker=markers[fill],
-                  label=f"{m} {mode} {fill}".strip())
+            curve(
+                ax_o,
+                occ,
+                color=colours[m],
+                ls=styles.get(mode, "-"),
+                marker=markers[fill],
+                label=f"{m} {mode} {fill}".strip(),
+            )
     ax_s.set_xscale("log", base=2)
     ax_s.set_xlabel("shuffle grid g (g x g tiles)")
     ax_s.set_ylabel("top-1 (%)")

@@ -37,15 +37,31 @@ def _code_version() -> str:
     return code_version(COMPUTING)
 
 
-def cache_key(kind: str, models: Sequence[Any] = (), data: Any = None,
-              settings: Mapping[str, Any] | None = None) -> str:
+def cache_key(
+    kind: str, models: Sequence[Any] = (), data: Any = None, settings: Mapping[str, Any] | None = None
+) -> str:
     """Hex key of a cached chapter result (see :func:`vitviz_core.cache.cache_key`)."""
     return _cache_key(kind, models, data, settings, _code_version())
 
 
-def cached(kind: str, compute: Callable[[], Any], *, models: Sequence[Any] = (), data: Any = None,
-           settings: Mapping[str, Any] | None = None, enabled: bool = True) -> Any:
+def cached(
+    kind: str,
+    compute: Callable[[], Any],
+    *,
+    models: Sequence[Any] = (),
+    data: Any = None,
+    settings: Mapping[str, Any] | None = None,
+    enabled: bool = True,
+) -> Any:
     """``compute()``, or its result from ``cache_dir()/studies/<kind>-<key>.npz``
     (:func:`vitviz_core.cache.cached` with this module's code version)."""
-    return _cached(kind, compute, folder=FOLDER, models=models, data=data, settings=settings,
-                   code=_code_version() if enabled else "", enabled=enabled)
+    return _cached(
+        kind,
+        compute,
+        folder=FOLDER,
+        models=models,
+        data=data,
+        settings=settings,
+        code=_code_version() if enabled else "",
+        enabled=enabled,
+    )

@@ -26,8 +26,9 @@ def _fg_model_key(fg_model: Any) -> dict[str, Any]:
     return {"repr": repr(fg_model)}
 
 
-def foreground_maps(dataset: Any, fg_model: Any, batch_size: int = 16, cache: bool = True,
-                    progress: bool = False) -> list[np.ndarray]:
+def foreground_maps(
+    dataset: Any, fg_model: Any, batch_size: int = 16, cache: bool = True, progress: bool = False
+) -> list[np.ndarray]:
     """Foreground probability of every image of ``dataset`` at the image's own size, as
     ``uint8`` arrays ``(H, W)`` (0..255), one per sample, cached.
 
@@ -52,7 +53,7 @@ def foreground_maps(dataset: Any, fg_model: Any, batch_size: int = 16, cache: bo
         for i in tqdm(range(len(dataset)), desc="foreground", disable=not progress, leave=False):
             item = dataset[i]
             if isinstance(item, Unreadable):  # keeps maps aligned with dataset indices; the
-                flush()                       # image itself is dropped from every pass
+                flush()  # image itself is dropped from every pass
                 out.append(np.zeros((1, 1), np.uint8))
                 continue
             x = item[0]  # (3, H, W)
@@ -62,16 +63,21 @@ def foreground_maps(dataset: Any, fg_model: Any, batch_size: int = 16, cache: bo
         flush()
         return out
 
-    return cached("foreground", compute, data=dataset, settings={"fg": _fg_model_key(fg_model)},
-                  enabled=cache)
+    return cached(
+        "foreground", compute, data=dataset, settings={"fg": _fg_model_key(fg_model)}, enabled=cache
+    )
 
 
 def _stem(path: Any) -> str:
     return Path(path).stem
 
 
-def saliency_boxes(maps: Sequence[np.ndarray], samples: Sequence[tuple[Any, int]],
-                   threshold: float = 0.5, fallback: float = 0.5) -> tuple[dict[str, list], int]:
+def saliency_boxes(
+    maps: Sequence[np.ndarray],
+    samples: Sequence[tuple[Any, int]],
+    threshold: float = 0.5,
+    fallback: float = 0.5,
+) -> tuple[dict[str, list], int]:
     """One box per image: the bounding box of the pixels whose foreground probability
     exceeds ``threshold`` (the analogue of the paper's ground-truth boxes).
 

@@ -25,8 +25,12 @@ def prefer_channels_last(model: Any) -> Any:
     return model
 
 
-def eval_subset(name: str = "imagenet-val-1300", n: int | None = None,
-                transform: Callable | None = None, root: str | Path | None = None) -> Any:
+def eval_subset(
+    name: str = "imagenet-val-1300",
+    n: int | None = None,
+    transform: Callable | None = None,
+    root: str | Path | None = None,
+) -> Any:
     """``n`` images of dataset ``name`` spread evenly over its sorted file list (all for None)."""
     from vitviz_core.data import ImageFolderDataset, find_dataset
 
@@ -39,14 +43,17 @@ def short_source(model: Any) -> str:
     """``weights_source`` of a LoadedModel with file paths reduced to the file name."""
     src = str(getattr(model, "weights_source", "unknown weights"))
     if src.startswith("file: "):
-        return "file " + Path(src[len("file: "):]).name
+        return "file " + Path(src[len("file: ") :]).name
     return src
 
 
 def styled(frame: Any) -> Any:
     """A DataFrame as the book shows tables: no index, padded cells, two decimals."""
-    return frame.style.hide(axis="index").format(precision=2).set_table_styles(
-        [{"selector": "th, td", "props": "padding: 0.2em 0.8em; text-align: left;"}])
+    return (
+        frame.style.hide(axis="index")
+        .format(precision=2)
+        .set_table_styles([{"selector": "th, td", "props": "padding: 0.2em 0.8em; text-align: left;"}])
+    )
 
 
 def _pct(e: Estimate | None, digits: int = 1) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 PAPER_TABLE1: dict[str, Any] = {
     "model": "ViT-B/16",
     "natural": (84.20, 97.16),
-    "isolate": (78.61, 94.18),       # CLS joins only at layer 11 (L = 11 of 12)
+    "isolate": (78.61, 94.18),  # CLS joins only at layer 11 (L = 11 of 12)
     "patch_mean": (75.75, 90.99),
     "patch_best": (80.16, 95.65),
 }
@@ -24,20 +24,56 @@ PAPER_TABLE1: dict[str, Any] = {
 #: Released logs of the isolating-CLS sweep (ViT-B/16, top-1 %), join layer L -> value
 #: (None where the logs have no entry). experiments/it17/Acc.txt.
 PAPER_CLS_SWEEP: dict[int, float | None] = {
-    0: 84.20, 1: 83.73, 2: 82.98, 3: None, 4: 83.22, 5: 83.03, 6: 82.98, 7: None, 8: None,
-    9: 81.10, 10: 80.32, 11: 78.61, 12: 0.10}
+    0: 84.20,
+    1: 83.73,
+    2: 82.98,
+    3: None,
+    4: 83.22,
+    5: 83.03,
+    6: 82.98,
+    7: None,
+    8: None,
+    9: 81.10,
+    10: 80.32,
+    11: 78.61,
+    12: 0.10,
+}
 
 #: Released logs of the patch-drop sweep (ViT-B/16, top-1 %): blocks [0, L) run with every
 #: token, blocks [L, 12) with CLS alone; L = 12 is the normal pass. experiments/it16/Acc.txt,
 #: rows ``ViT0_B_16_imagenet1k TEAR_34_L`` (values rounded to 2 decimals).
 PAPER_DROP_SWEEP: dict[int, float | None] = {
-    0: 0.10, 1: 0.08, 2: 0.16, 3: 0.09, 4: 0.14, 5: 0.22, 6: 1.66, 7: 3.95, 8: 8.99,
-    9: 19.89, 10: 36.85, 11: 71.24, 12: 84.20}
+    0: 0.10,
+    1: 0.08,
+    2: 0.16,
+    3: 0.09,
+    4: 0.14,
+    5: 0.22,
+    6: 1.66,
+    7: 3.95,
+    8: 8.99,
+    9: 19.89,
+    10: 36.85,
+    11: 71.24,
+    12: 84.20,
+}
 
 #: The same patch-drop sweep for ViT-B/32 (experiments/it16/Acc.txt, rows ``TEAR_35_L``).
 PAPER_DROP_SWEEP_B32: dict[int, float | None] = {
-    0: 0.10, 1: 0.10, 2: 0.10, 3: 0.10, 4: 0.10, 5: 0.10, 6: 0.10, 7: 0.10, 8: 11.64,
-    9: 28.33, 10: 52.09, 11: 72.72, 12: 81.73}
+    0: 0.10,
+    1: 0.10,
+    2: 0.10,
+    3: 0.10,
+    4: 0.10,
+    5: 0.10,
+    6: 0.10,
+    7: 0.10,
+    8: 11.64,
+    9: 28.33,
+    10: 52.09,
+    11: 72.72,
+    12: 81.73,
+}
 
 #: Released logs of the foreground/background experiment behind Table 2
 #: (experiments/it13/FBAcc.txt): model -> condition -> (top-1 %, top-5 %) on the ImageNet
@@ -61,8 +97,10 @@ _MASKING_TOP5_RAW: dict[str, tuple[float, float, float]] = {
 
 
 def _normalised_top5() -> dict[str, tuple[float, float]]:
-    return {m: (round(100 * fg / full, 2), round(100 * bg / full, 2))
-            for m, (full, fg, bg) in _MASKING_TOP5_RAW.items()}
+    return {
+        m: (round(100 * fg / full, 2), round(100 * bg / full, 2))
+        for m, (full, fg, bg) in _MASKING_TOP5_RAW.items()
+    }
 
 
 #: Table 2 of Ghiasi et al.: normalised top-5 (%) = masked top-5 / full-image top-5, with the

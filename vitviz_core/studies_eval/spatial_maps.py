@@ -18,8 +18,9 @@ from vitviz_core.plot.images import to_hwc
 from vitviz_core.plot.images import upsample
 
 
-def top_feature_maps(model: Any, x: Tensor, hook: str, n: int = 2, stat: str = "max",
-                     selective: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+def top_feature_maps(
+    model: Any, x: Tensor, hook: str, n: int = 2, stat: str = "max", selective: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
     """The ``n`` channels of ``hook`` that respond most to each image, with their maps.
 
     Args:
@@ -62,9 +63,9 @@ class DepthMaps:
     over the image the block's activation mass is."""
 
     blocks: list[int]
-    features: dict[int, Tensor]       # block -> (B,) feature index
-    maps: dict[int, Tensor]           # block -> (B, h, w) activation map of that feature
-    spread: dict[int, Estimate]       # block -> mass-weighted normalised spatial entropy (1 = uniform)
+    features: dict[int, Tensor]  # block -> (B,) feature index
+    maps: dict[int, Tensor]  # block -> (B, h, w) activation map of that feature
+    spread: dict[int, Estimate]  # block -> mass-weighted normalised spatial entropy (1 = uniform)
     per_image: dict[int, np.ndarray] = field(default_factory=dict)  # block -> (B,) spread
 
 
@@ -80,8 +81,14 @@ def spatial_spread(maps: Tensor) -> Tensor:
     return (ent * w).sum(1)  # (B,)
 
 
-def depth_maps(model: Any, x: Tensor, blocks: Sequence[int], hook: str = "blocks.{i}.mlp.hook_post",
-               stat: str = "max", n_boot: int = 1000) -> DepthMaps:
+def depth_maps(
+    model: Any,
+    x: Tensor,
+    blocks: Sequence[int],
+    hook: str = "blocks.{i}.mlp.hook_post",
+    stat: str = "max",
+    n_boot: int = 1000,
+) -> DepthMaps:
     """One capture pass over ``blocks``: each image's most selective feature per block (see
     :func:`top_feature_maps`) and the block's :func:`spatial_spread` with a bootstrap CI over
     images. ``x``: ``(B, 3, H, W)`` normalised input, ``B >= 2``."""
@@ -104,17 +111,27 @@ def spread_figure(res: DepthMaps, title: str | None = None) -> Figure:
     """Spatial spread of the FFN activation mass by block, with its 95 % CI band."""
     from vitviz_core.plot.evaluation import accuracy_curves
 
-    fig = accuracy_curves({"FFN activations (mass-weighted)": (res.blocks, [res.spread[b] for b in res.blocks])},
-                          xlabel="block", ylabel="spatial spread (%; 100 = uniform)", title=title,
-                          size=(5.4, 3.1))
+    fig = accuracy_curves(
+        {"FFN activations (mass-weighted)": (res.blocks, [res.spread[b] for b in res.blocks])},
+        xlabel="block",
+        ylabel="spatial spread (%; 100 = uniform)",
+        title=title,
+        size=(5.4, 3.1),
+    )
     fig.axes[0].set_xticks(res.blocks)
     fig.tight_layout()
     return fig
 
 
-def saliency_figure(images: Sequence[Tensor], maps: Tensor, titles: Sequence[Sequence[str]],
-                    col_titles: Sequence[str] | None = None, row_labels: Sequence[str] | None = None,
-                    cell_inches: float = 1.35, alpha: float = 0.55) -> Figure:
+def saliency_figure(
+    images: Sequence[Tensor],
+    maps: Tensor,
+    titles: Sequence[Sequence[str]],
+    col_titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    cell_inches: float = 1.35,
+    alpha: float = 0.55,
+) -> Figure:
     """Images (top row) and, below each, ``n`` activation maps overlaid (paper Fig. 6).
 
     Args:
@@ -138,7 +155,17 @@ def saliency_figure(images: Sequence[Tensor], maps: Tensor, titles: Sequence[Seq
     for ax in axes.flat:
         ax.set_axis_off()
     for i, text in enumerate(row_labels or []):
-        axes[i + 1, 0].text(-0.06, 0.5, text, transform=axes[i + 1, 0].transAxes, rotation=90,
-                            ha="right", va="center", fontsize=7.5)
-    fig.subplots_adjust(left=0.04 if row_labels else 0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.05, hspace=0.22)
+        axes[i + 1, 0].text(
+            -0.06,
+            0.5,
+            text,
+            transform=axes[i + 1, 0].transAxes,
+            rotation=90,
+            ha="right",
+            va="center",
+            fontsize=7.5,
+        )
+    fig.subplots_adjust(
+        left=0.04 if row_labels else 0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.05, hspace=0.22
+    )
     return fig

@@ -18,9 +18,17 @@ from vitviz_core.studies_eval.cache import cached
 from vitviz_core.studies_eval.paper_numbers import PAPER_CLS_SWEEP, PAPER_DROP_SWEEP, PAPER_TABLE1
 
 
-def token_mixing_runs(model: Any, dataset_table: Any, dataset_sweep: Any, *, probe: Any = None,
-                      batch_size: int = 32, n_boot: int = 1000, cache: bool = True,
-                      progress: bool = False) -> tuple[Any, Any]:
+def token_mixing_runs(
+    model: Any,
+    dataset_table: Any,
+    dataset_sweep: Any,
+    *,
+    probe: Any = None,
+    batch_size: int = 32,
+    n_boot: int = 1000,
+    cache: bool = True,
+    progress: bool = False,
+) -> tuple[Any, Any]:
     """Table 1 run (natural, CLS joining at ``depth - 1``, classifier head on every patch) and
     the full sweep (CLS join and patch drop at every ``L = 0..depth``), cached.
 
@@ -36,12 +44,31 @@ def token_mixing_runs(model: Any, dataset_table: Any, dataset_sweep: Any, *, pro
     models = [model] + ([probe] if probe is not None else [])
 
     def run(dataset: Any, joins: Any, drops: Any, patch: bool) -> Any:
-        settings = {"joins": joins, "drops": drops, "patch": patch, "batch_size": batch_size,
-                    "n_boot": n_boot}
-        return cached("token_mixing", lambda: token_mixing_experiment(
-            model, dataset, join_layers=joins, drop_layers=drops, patch_head=patch,
-            batch_size=batch_size, n_boot=n_boot, progress=progress, **heads),
-            models=models, data=dataset, settings=settings, enabled=cache)
+        settings = {
+            "joins": joins,
+            "drops": drops,
+            "patch": patch,
+            "batch_size": batch_size,
+            "n_boot": n_boot,
+        }
+        return cached(
+            "token_mixing",
+            lambda: token_mixing_experiment(
+                model,
+                dataset,
+                join_layers=joins,
+                drop_layers=drops,
+                patch_head=patch,
+                batch_size=batch_size,
+                n_boot=n_boot,
+                progress=progress,
+                **heads,
+            ),
+            models=models,
+            data=dataset,
+            settings=settings,
+            enabled=cache,
+        )
 
     same = dataset_fingerprint(dataset_table) == dataset_fingerprint(dataset_sweep)
     if same:
@@ -71,11 +98,13 @@ def _one_way_mask(kind: str) -> Callable[[int], Tensor]:
         else:
             mask[1:, 0] = False
         return mask
+
     return mask_fn
 
 
-def one_way_logits(model: Any, x: Tensor, layers: Mapping[str, Sequence[int]],
-                   head: Callable[[Tensor], Tensor] | None = None) -> dict[str, dict[int, Tensor]]:
+def one_way_logits(
+    model: Any, x: Tensor, layers: Mapping[str, Sequence[int]], head: Callable[[Tensor], Tensor] | None = None
+) -> dict[str, dict[int, Tensor]]:
     """Logits with attention cut in **one** direction between CLS and the patches in blocks
     ``[0, L)`` (the paper's isolation cuts both): ``layers = {"cls_blind": [...],
     "patches_blind": [...]}`` -> ``{kind: {L: (B, K)}}``. One branching forward pass with
@@ -87,9 +116,17 @@ def one_way_logits(model: Any, x: Tensor, layers: Mapping[str, Sequence[int]],
     return prefix_masked_logits(model, x, groups, (), head)["groups"]
 
 
-def one_way_run(model: Any, dataset: Any, layers: Mapping[str, Sequence[int]], *, probe: Any = None,
-                batch_size: int = 32, n_boot: int = 1000, cache: bool = True,
-                progress: bool = False) -> dict[str, dict[int, dict[int, Estimate]]]:
+def one_way_run(
+    model: Any,
+    dataset: Any,
+    layers: Mapping[str, Sequence[int]],
+    *,
+    probe: Any = None,
+    batch_size: int = 32,
+    n_boot: int = 1000,
+    cache: bool = True,
+    progress: bool = False,
+) -> dict[str, dict[int, dict[int, Estimate]]]:
     """Accuracy (95 % CIs) of :func:`one_way_logits` over ``dataset`` (normalised inputs),
     cached: ``{kind: {L: {k: Estimate}}}``."""
     from tqdm.auto import tqdm
@@ -106,8 +143,9 @@ def one_way_run(model: Any, dataset: Any, layers: Mapping[str, Sequence[int]], *
         hits: dict[str, dict[int, dict[int, list[Tensor]]]] = {}
         offset = 0
         with torch.inference_mode():
-            for batch in tqdm(make_loader(dataset, batch_size), desc="one-way isolation",
-                              disable=not progress, leave=False):
+            for batch in tqdm(
+                make_loader(dataset, batch_size), desc="one-way isolation", disable=not progress, leave=False
+            ):
                 x, y, _, _ = unpack_batch(batch, offset)
                 offset += x.shape[0]
                 for kind, per in one_way_logits(model, x.to(dev), layers, head).items():
@@ -116,12 +154,23 @@ def one_way_run(model: Any, dataset: Any, layers: Mapping[str, Sequence[int]], *
                             hits.setdefault(kind, {}).setdefault(layer, {}).setdefault(k, []).append(c.cpu())
         if offset == 0:
             raise DataError("the dataset is empty: nothing to evaluate")
-        return {kind: {layer: {k: accuracy_with_ci(torch.cat(v).numpy(), n_boot=n_boot) for k, v in d.items()}
-                       for layer, d in per.items()} for kind, per in hits.items()}
+        return {
+            kind: {
+                layer: {k: accuracy_with_ci(torch.cat(v).numpy(), n_boot=n_boot) for k, v in d.items()}
+                for layer, d in per.items()
+            }
+            for kind, per in hits.items()
+        }
 
     models = [model] + ([probe] if probe is not None else [])
-    return cached("one_way", compute, models=models, data=dataset, enabled=cache,
-                  settings={"layers": layers, "batch_size": batch_size, "n_boot": n_boot})
+    return cached(
+        "one_way",
+        compute,
+        models=models,
+        data=dataset,
+        enabled=cache,
+        settings={"layers": layers, "batch_size": batch_size, "n_boot": n_boot},
+    )
 
 
 def one_way_frame(sweep: Any, one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]]) -> Any:
@@ -139,9 +188,18 @@ def one_way_frame(sweep: Any, one_way: Mapping[str, Mapping[int, Mapping[int, Es
     return pd.DataFrame(rows)
 
 
-def fit_probe_run(model: Any, *, pool_name: str = "imagenet-sample-1000", n_pool: int | None = None,
-                  views: int = 1, teacher: Any = None, epochs: int = 300, batch_size: int = 32,
-                  cache: bool = True, progress: bool = False) -> Any:
+def fit_probe_run(
+    model: Any,
+    *,
+    pool_name: str = "imagenet-sample-1000",
+    n_pool: int | None = None,
+    views: int = 1,
+    teacher: Any = None,
+    epochs: int = 300,
+    batch_size: int = 32,
+    cache: bool = True,
+    progress: bool = False,
+) -> Any:
     """A linear probe on the CLS token of a headless backbone, fitted on ``pool_name`` (never
     on the evaluation images), optionally distilling ``teacher``'s logits; cached."""
     from vitviz_core.evaluate.probe import extract_features, fit_linear_probe
@@ -149,34 +207,58 @@ def fit_probe_run(model: Any, *, pool_name: str = "imagenet-sample-1000", n_pool
     pool = eval_subset(pool_name, n_pool, transform=model.pixel_transform())
 
     def compute() -> Any:
-        feats, labels, tlog = extract_features(model, pool, features="cls", views=views,
-                                               teacher=teacher, batch_size=batch_size,
-                                               progress=progress)
+        feats, labels, tlog = extract_features(
+            model,
+            pool,
+            features="cls",
+            views=views,
+            teacher=teacher,
+            batch_size=batch_size,
+            progress=progress,
+        )
         npre = int(getattr(model.model, "num_prefix_tokens", 1))
-        return fit_linear_probe(feats, tlog if tlog is not None else labels, num_classes=1000,
-                                features="cls", num_prefix_tokens=npre, epochs=epochs,
-                                labels=labels if tlog is not None else None)
+        return fit_linear_probe(
+            feats,
+            tlog if tlog is not None else labels,
+            num_classes=1000,
+            features="cls",
+            num_prefix_tokens=npre,
+            epochs=epochs,
+            labels=labels if tlog is not None else None,
+        )
 
-    return cached("probe", compute, models=[model] + ([teacher] if teacher is not None else []),
-                  data=pool, settings={"views": views, "epochs": epochs}, enabled=cache)
+    return cached(
+        "probe",
+        compute,
+        models=[model] + ([teacher] if teacher is not None else []),
+        data=pool,
+        settings={"views": views, "epochs": epochs},
+        enabled=cache,
+    )
 
 
-def table1_frame(result: Any, paper: Mapping[str, Any] | None = PAPER_TABLE1,
-                 label: str = "ours") -> Any:
+def table1_frame(result: Any, paper: Mapping[str, Any] | None = PAPER_TABLE1, label: str = "ours") -> Any:
     """Table 1 analogue as a DataFrame: ours (95 % CIs) beside the paper's numbers."""
     import pandas as pd
 
     d = result.depth
-    rows = [("Natural", result.natural, "natural"),
-            (f"Isolating CLS (joins at layer {d - 1})", result.isolate.get(d - 1), "isolate"),
-            ("Classifier head on each patch: average", result.patch_mean or None, "patch_mean"),
-            (f"Classifier head on each patch: best {tuple(result.best_position or ())}",
-             result.patch_best or None, "patch_best")]
+    rows = [
+        ("Natural", result.natural, "natural"),
+        (f"Isolating CLS (joins at layer {d - 1})", result.isolate.get(d - 1), "isolate"),
+        ("Classifier head on each patch: average", result.patch_mean or None, "patch_mean"),
+        (
+            f"Classifier head on each patch: best {tuple(result.best_position or ())}",
+            result.patch_best or None,
+            "patch_best",
+        ),
+    ]
     out = []
     for name, est, key in rows:
-        row = {"setting": name,
-               f"{label} top-1 % [95% CI]": _pct(est.get(1)) if est else "–",
-               f"{label} top-5 % [95% CI]": _pct(est.get(5)) if est else "–"}
+        row = {
+            "setting": name,
+            f"{label} top-1 % [95% CI]": _pct(est.get(1)) if est else "–",
+            f"{label} top-5 % [95% CI]": _pct(est.get(5)) if est else "–",
+        }
         if paper is not None:
             p = paper.get(key)
             row[f"paper {paper['model']} top-1 %"] = _num(p[0] if p else None)
@@ -185,9 +267,12 @@ def table1_frame(result: Any, paper: Mapping[str, Any] | None = PAPER_TABLE1,
     return pd.DataFrame(out)
 
 
-def sweep_frame(result: Any, paper: Mapping[int, float | None] | None = PAPER_CLS_SWEEP,
-                paper_model: str = "ViT-B/16",
-                paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP) -> Any:
+def sweep_frame(
+    result: Any,
+    paper: Mapping[int, float | None] | None = PAPER_CLS_SWEEP,
+    paper_model: str = "ViT-B/16",
+    paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP,
+) -> Any:
     """One row per layer ``L``: CLS-join and patch-drop top-1 (ours, CIs) and the paper's
     released CLS-join and patch-drop top-1."""
     import pandas as pd
@@ -195,9 +280,11 @@ def sweep_frame(result: Any, paper: Mapping[int, float | None] | None = PAPER_CL
     layers = sorted(set(result.isolate) | set(result.drop))
     rows = []
     for v in layers:
-        row = {"L": v,
-               "CLS joins at block L: top-1 % [95% CI]": _pct(result.isolate.get(v, {}).get(1)),
-               "patches dropped from block L: top-1 % [95% CI]": _pct(result.drop.get(v, {}).get(1))}
+        row = {
+            "L": v,
+            "CLS joins at block L: top-1 % [95% CI]": _pct(result.isolate.get(v, {}).get(1)),
+            "patches dropped from block L: top-1 % [95% CI]": _pct(result.drop.get(v, {}).get(1)),
+        }
         if paper is not None:
             row[f"paper {paper_model}, CLS joins at L: top-1 %"] = _num(paper.get(v))
         if paper_drop is not None:
@@ -206,10 +293,15 @@ def sweep_frame(result: Any, paper: Mapping[int, float | None] | None = PAPER_CL
     return pd.DataFrame(rows)
 
 
-def sweep_figure(result: Any, paper: Mapping[int, float | None] | None = PAPER_CLS_SWEEP,
-                 paper_model: str = "ViT-B/16", k: int = 1, title: str | None = None,
-                 one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]] | None = None,
-                 paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP) -> Figure:
+def sweep_figure(
+    result: Any,
+    paper: Mapping[int, float | None] | None = PAPER_CLS_SWEEP,
+    paper_model: str = "ViT-B/16",
+    k: int = 1,
+    title: str | None = None,
+    one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]] | None = None,
+    paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP,
+) -> Figure:
     """The join/drop sweeps with 95 % CI bands (``plot.evaluation.join_layer_curves``), the
     one-way "CLS cannot see the patches" points with CI bars, and the paper's released
     CLS-join (grey squares) and patch-drop (grey triangles) values."""
@@ -223,16 +315,38 @@ def sweep_figure(result: Any, paper: Mapping[int, float | None] | None = PAPER_C
         est = [blind[v][k] for v in ls]
         v = np.array([100 * e.value for e in est])
         err = np.array([[100 * (e.value - e.low) for e in est], [100 * (e.high - e.value) for e in est]])
-        ax.errorbar(ls, v, yerr=np.clip(err, 0, None), fmt="D", ms=4, capsize=3, color="tab:green",
-                    label="CLS cannot see patches in [0, L) (patches see CLS)")
+        ax.errorbar(
+            ls,
+            v,
+            yerr=np.clip(err, 0, None),
+            fmt="D",
+            ms=4,
+            capsize=3,
+            color="tab:green",
+            label="CLS cannot see patches in [0, L) (patches see CLS)",
+        )
     if paper is not None and k == 1:
         pts = sorted((v, y) for v, y in paper.items() if y is not None and v <= result.depth)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls=":", marker="s", ms=4, color="0.45",
-                label=f"paper {paper_model}, CLS joins at L (released logs)")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            ls=":",
+            marker="s",
+            ms=4,
+            color="0.45",
+            label=f"paper {paper_model}, CLS joins at L (released logs)",
+        )
     if paper_drop is not None and k == 1:
         pts = sorted((v, y) for v, y in paper_drop.items() if y is not None and v <= result.depth)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", marker="^", ms=5, color="0.25",
-                label=f"paper {paper_model}, patches dropped from L (released logs)")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            ls="--",
+            marker="^",
+            ms=5,
+            color="0.25",
+            label=f"paper {paper_model}, patches dropped from L (released logs)",
+        )
     for t in ax.texts:  # the "natural" label of plot.evaluation: below its line, clear of the markers
         t.set_x(result.depth / 2)
         t.set_verticalalignment("top")
@@ -300,10 +414,15 @@ class MixingComparison:
         return "unresolved"
 
 
-def mixing_comparison(sweep: Any, one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]] | None = None,
-                      *, layer: int | None = None, n_boot: int = 1000,
-                      paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP,
-                      paper_cls: Mapping[int, float | None] | None = PAPER_CLS_SWEEP) -> MixingComparison:
+def mixing_comparison(
+    sweep: Any,
+    one_way: Mapping[str, Mapping[int, Mapping[int, Estimate]]] | None = None,
+    *,
+    layer: int | None = None,
+    n_boot: int = 1000,
+    paper_drop: Mapping[int, float | None] | None = PAPER_DROP_SWEEP,
+    paper_cls: Mapping[int, float | None] | None = PAPER_CLS_SWEEP,
+) -> MixingComparison:
     """Compare the last-block patch-drop loss of ``sweep`` (a TokenMixingResult with per-image
     ``correct`` and ``drop`` at ``layer``, default ``depth - 1``) with the paper's released
     ViT-B/16 sweep, and (with ``one_way``) the two one-way cuts at ``layer``."""
@@ -312,7 +431,9 @@ def mixing_comparison(sweep: Any, one_way: Mapping[str, Mapping[int, Mapping[int
     depth = sweep.depth
     v = depth - 1 if layer is None else int(layer)
     if v not in sweep.drop:
-        raise VitvizError(f"the sweep has no patch-drop result at L = {v}: run it with drop layers including {v}")
+        raise VitvizError(
+            f"the sweep has no patch-drop result at L = {v}: run it with drop layers including {v}"
+        )
     key = f"drop@{v}"
     if "natural" not in sweep.correct or key not in sweep.correct:
         raise VitvizError("the sweep keeps no per-image correctness: re-run token_mixing_experiment")
@@ -321,9 +442,14 @@ def mixing_comparison(sweep: Any, one_way: Mapping[str, Mapping[int, Mapping[int
     pl = 12 - (depth - v)
     cut = one_way or {}
     return MixingComparison(
-        layer=v, natural=sweep.natural[1], drop_last=sweep.drop[v][1], last_gain=gain,
-        paper_natural=(paper_drop or {}).get(12), paper_drop_last=(paper_drop or {}).get(pl),
+        layer=v,
+        natural=sweep.natural[1],
+        drop_last=sweep.drop[v][1],
+        last_gain=gain,
+        paper_natural=(paper_drop or {}).get(12),
+        paper_drop_last=(paper_drop or {}).get(pl),
         isolate=sweep.isolate.get(v, {}).get(1),
         cls_blind=cut.get("cls_blind", {}).get(v, {}).get(1),
         patches_blind=cut.get("patches_blind", {}).get(v, {}).get(1),
-        paper_isolate=(paper_cls or {}).get(pl))
+        paper_isolate=(paper_cls or {}).get(pl),
+    )
