@@ -65,6 +65,7 @@ from torch import Tensor, nn
 
 from .errors import HookError
 from .hook_names import Target, apply_transform, build_targets
+from .models import _as_hw, as_loaded, default_input_size
 
 __all__ = [
     "HookSpec",
@@ -133,35 +134,6 @@ class _ModelInfo:
 
 _INFO: "weakref.WeakKeyDictionary[nn.Module, _ModelInfo]" = weakref.WeakKeyDictionary()
 _PROBING: set[int] = set()  # ids of models whose probe forward is running (capture hooks stay quiet)
-
-
-def _as_hw(v: Any) -> tuple[int, int] | None:
-    if v is None:
-        return None
-    if isinstance(v, int):
-        return (v, v)
-    if isinstance(v, (tuple, list)) and len(v) >= 2 and all(isinstance(i, int) for i in v[-2:]):
-        return (int(v[-2]), int(v[-1]))
-    return None
-
-
-def default_input_size(model: nn.Module) -> tuple[int, int]:
-    """(H, W) the model is built for: its patch embedding's ``img_size``, else its pretrained cfg."""
-    for path in ("", "patch_embed", "patch_embed1", "patch_embeds.0"):
-        try:
-            mod = model.get_submodule(path)
-        except AttributeError:
-            continue
-        hw = _as_hw(getattr(mod, "img_size", None))
-        if hw:
-            return hw
-    for _, mod in model.named_modules():
-        hw = _as_hw(getattr(mod, "img_size", None))
-        if hw:
-            return hw
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    hw = _as_hw(cfg.get("input_size")) if isinstance(cfg, dict) else None
-    return hw or (224, 224)
 
 
 def _model_prefix(model: nn.Module, family: str) -> int | None:
@@ -676,8 +648,6 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
         copy: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
-            from .models import as_loaded
-
             model = as_loaded(model).model
         if isinstance(names, str):
             names = [names]

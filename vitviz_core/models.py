@@ -52,6 +52,7 @@ from .errors import UnknownModelError, VitvizError, WeightsUnavailableError
 __all__ = [
     "LoadedModel",
     "as_loaded",
+    "default_input_size",
     "ForegroundModel",
     "load_model",
     "describe_builtin_models",
@@ -868,6 +869,35 @@ def _check_pair(normalize: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return mean_t, std_t
 
 
+def _as_hw(v: Any) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) >= 2 and all(isinstance(i, int) for i in v[-2:]):
+        return (int(v[-2]), int(v[-1]))
+    return None
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int]:
+    """(H, W) the model is built for: its patch embedding's ``img_size``, else its pretrained cfg."""
+    for path in ("", "patch_embed", "patch_embed1", "patch_embeds.0"):
+        try:
+            mod = model.get_submodule(path)
+        except AttributeError:
+            continue
+        hw = _as_hw(getattr(mod, "img_size", None))
+        if hw:
+            return hw
+    for _, mod in model.named_modules():
+        hw = _as_hw(getattr(mod, "img_size", None))
+        if hw:
+            return hw
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    hw = _as_hw(cfg.get("input_size")) if isinstance(cfg, dict) else None
+    return hw or (224, 224)
+
+
 def as_loaded(
     model: Any, normalize: tuple | None = None, input_size: int | tuple[int, int] | None = None
 ) -> LoadedModel:
@@ -877,7 +907,7 @@ def as_loaded(
         model: a :class:`LoadedModel` (returned as is unless overridden) or an ``nn.Module``.
             A timm module (it has a ``pretrained_cfg``) gets timm's data config (mean, std,
             input size, crop); any other module gets identity normalisation (it is fed what
-            it is given) at its :func:`~vitviz_core.hooks.default_input_size`. A bare module
+            it is given) at its :func:`default_input_size`. A bare module
             is used as it is: its mode and ``requires_grad`` flags are not touched.
         normalize: ``(mean, std)`` per channel, replacing the data config's.
         input_size: ``(H, W)`` or one int, replacing the data config's.
@@ -889,8 +919,6 @@ def as_loaded(
         if isinstance(cfg, dict) and "mean" in cfg:
             data_cfg = _data_config(model, None)
         else:
-            from .hooks import default_input_size
-
             h, w = default_input_size(model)
             data_cfg = {
                 "input_size": (3, h, w),

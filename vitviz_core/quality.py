@@ -154,7 +154,7 @@ def hook_vectors(model: Any, hook: str, images: Tensor, *, batch_size: int = 32)
     token layouts; NCHW maps flattened to (N, H*W, C))."""
     from vitviz_core.hooks import capture, resolve_hook
     from vitviz_core.models import as_loaded
-    from vitviz_core.optimize import _eval_mode, _model_device
+    from vitviz_core.scoring import _eval_mode, _model_device
 
     loaded = as_loaded(model)
     net, norm_fn, in_hw = loaded.model, loaded.normalize, loaded.input_size
@@ -228,7 +228,7 @@ def quality_scores(
 
     Returns: one :class:`QualityScores` per feature, in order.
     """
-    from vitviz_core.optimize import score_images
+    from vitviz_core.scoring import score_images
 
     feats = [int(f) for f in features]
     if images.shape[0] != len(feats):
