@@ -15,22 +15,6 @@ from vitviz_core.evaluate.stats import accuracy_with_ci, ratio_with_ci, topk_cor
 
 
 @pytest.fixture(scope="module")
-def tiny_vit() -> torch.nn.Module:
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        embed_dim=32,
-        num_heads=2,
-        num_classes=10,
-    ).eval()
-
-
-@pytest.fixture(scope="module")
 def batches() -> list:
     torch.manual_seed(1)
     x = torch.rand(6, 3, 32, 32)

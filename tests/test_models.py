@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import make
 
 from vitviz_core import config, models
 from vitviz_core.errors import UnknownModelError, VitvizError, WeightsUnavailableError
@@ -555,24 +556,8 @@ def test_public_message_hides_machine_folders(isolated: Path, monkeypatch: pytes
 # --------------------------------------------------------------------------------------
 
 
-def _tiny_timm() -> torch.nn.Module:
-    import timm
-
-    torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        depth=1,
-        embed_dim=32,
-        num_heads=2,
-        num_classes=10,
-    ).eval()
-
-
 def test_as_loaded_wraps_a_timm_module_with_its_data_config() -> None:
-    module = _tiny_timm()
+    module = make("vit", depth=1)
     lm = models.as_loaded(module)
     assert isinstance(lm, models.LoadedModel) and lm.model is module
     assert lm.input_size == (32, 32) and lm.num_classes == 10
@@ -585,7 +570,7 @@ def test_as_loaded_wraps_a_timm_module_with_its_data_config() -> None:
 
 
 def test_as_loaded_passes_loaded_models_through_and_overrides() -> None:
-    lm = models.as_loaded(_tiny_timm())
+    lm = models.as_loaded(make("vit", depth=1))
     assert models.as_loaded(lm) is lm
     other = models.as_loaded(lm, normalize=((0.0,) * 3, (1.0,) * 3), input_size=48)
     assert other is not lm and other.model is lm.model

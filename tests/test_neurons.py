@@ -11,23 +11,6 @@ from vitviz_core.errors import HookError, VitvizError
 from vitviz_core.neurons import clustering, level0, propagation, robustness
 
 
-@pytest.fixture(scope="module")
-def tiny_vit():
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    m = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        embed_dim=32,
-        num_heads=2,
-        num_classes=10,
-    )
-    return m.eval()
-
-
 # ---------------------------------------------------------------- level 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-import timm
+from tiny_models import make
 import torch
 
 from vitviz_core.optimize import optimize_features
@@ -23,20 +23,6 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_vit() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        num_classes=10,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        embed_dim=32,
-        num_heads=2,
-    ).eval()
-
-
 # CPU, 1 thread. First stored before image parametrizations existed (commit f554d7e); changed
 # once on purpose by issue 10, when the random streams became counter-based (keyed by
 # (seed, feature, step) instead of one stateful generator per feature). Any other change of
@@ -50,7 +36,7 @@ STORED_SHA256 = {
 @pytest.mark.parametrize("recipe", ["paper", "released"])
 def test_pixel_recipes_bit_exact_against_stored_hash(recipe: str) -> None:
     res = optimize_features(
-        tiny_vit(),
+        make("vit"),
         HOOK,
         [0, 3],
         recipe=recipe,
@@ -92,7 +78,7 @@ def test_maco_amplitude_never_changes_during_optimization() -> None:
     p = MacoParam(magnitude=mag.clone())
     before = p.magnitude.clone()
     res = optimize_features(
-        tiny_vit(),
+        make("vit"),
         HOOK,
         [0, 1],
         recipe="maco",
@@ -129,7 +115,7 @@ def test_fourier_and_maco_recipes_raise_the_objective() -> None:
         )
         # without augmentations the ascent is deterministic: the objective must rise
         res = optimize_features(
-            tiny_vit(),
+            make("vit"),
             HOOK,
             [0, 1],
             recipe=recipe,
@@ -154,9 +140,9 @@ def test_unknown_param_is_a_clear_error() -> None:
     from vitviz_core.errors import VitvizError
 
     with pytest.raises(VitvizError, match="param must be"):
-        optimize_features(tiny_vit(), HOOK, [0], param=42, steps=1, normalize=NORM, input_size=32)
+        optimize_features(make("vit"), HOOK, [0], param=42, steps=1, normalize=NORM, input_size=32)
     with pytest.raises(VitvizError, match="param must be"):
-        optimize_features(tiny_vit(), HOOK, [0], param="wavelet", steps=1, normalize=NORM, input_size=32)
+        optimize_features(make("vit"), HOOK, [0], param="wavelet", steps=1, normalize=NORM, input_size=32)
 
 
 # ---------------------------------------------------------------------------------------------
