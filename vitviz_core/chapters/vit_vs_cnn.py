@@ -21,7 +21,6 @@ import torch
 
 from vitviz_core.chapters.common import device_for, load, resolve_models, split_overrides
 from vitviz_core.chapters.result import ChapterResult
-from vitviz_core.errors import VitvizError
 from vitviz_core.profiles import Profile
 
 __all__ = ["run", "SECTIONS", "DEFAULT_MODELS", "KNOBS"]
@@ -77,11 +76,8 @@ def run(
     from vitviz_core import studies_eval as se
     from vitviz_core.models import load_foreground_model
 
-    P, opt = split_overrides("ViT vs CNN", profile, overrides, KNOBS, _OPTIONS)
+    P, opt = split_overrides("ViT vs CNN", profile, overrides, KNOBS, _OPTIONS, SECTIONS)
     roles = resolve_models("ViT vs CNN", models, DEFAULT_MODELS)
-    bad = sorted(set(opt["sections"]) - set(SECTIONS))
-    if bad:
-        raise VitvizError(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
     device = device_for(P, opt["device"])
     sections = set(opt["sections"])
     with torch.random.fork_rng(devices=[]):
